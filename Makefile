@@ -1,0 +1,38 @@
+# Quick start: `make train` trains on the built-in dataset, `make test` runs the tests.
+# Both create the virtual environment in .venv and install the package (editable) on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: train test test-all lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)  ## train on the built-in dataset (extra Hydra overrides: make train ARGS="epochs=5")
+	$(PY) -m detector.train $(ARGS)
+
+test: $(STAMP)  ## the fast test suite (excludes @pytest.mark.slow)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: $(STAMP)  ## every test, slow ones included
+	$(PY) -m pytest -q
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(STAMP)  ## speed benchmarks (print their figures)
+	$(PY) bench/dataloader.py
+	$(PY) bench/autoanchor.py
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache

@@ -1,0 +1,91 @@
+"""Images/second of the training data pipeline (mosaic, perspective, HSV, flips, albumentations extras).
+
+    .venv/bin/python bench/dataloader.py                      # built-in shapes dataset, 640 and 320, 0 and 2 workers
+    .venv/bin/python bench/dataloader.py --data path/to/data.yaml --imgsz 640 --workers 4 --batches 50
+
+Uses hyp scratch-low and conf/augment/default.yaml; one warm-up batch, then times a fixed number of batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from detector.data.augment import AlbumentationsExtras
+from detector.data.config import img2label_paths, list_image_files, load_data_config
+from detector.data.datamodule import _worker_init
+from detector.data.dataset import YoloDataset
+from detector.data.labels import default_cache_path, load_labels
+from detector.data.sampler import EpochSampler
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def measure(dataset: YoloDataset, batch: int, workers: int, batches: int, seed: int = 0) -> float:
+    """Images per second over `batches` batches after one warm-up batch."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=EpochSampler(len(dataset), shuffle=True, seed=seed),
+        num_workers=workers,
+        collate_fn=YoloDataset.collate_fn,
+        persistent_workers=workers > 0,
+        worker_init_fn=_worker_init if workers > 0 else None,
+    )
+    n, epoch = 0, 0
+    it = iter(loader)
+    next(it)  # warm-up (starts the workers)
+    t0 = time.perf_counter()
+    while n < batches:
+        try:
+            imgs = next(it)[0]
+        except StopIteration:
+            epoch += 1
+            loader.sampler.set_epoch(epoch)
+            it = iter(loader)
+            continue
+        n += 1
+    dt = time.perf_counter() - t0
+    del it, loader
+    return batches * batch / dt if imgs is not None else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="shapes", help="built-in name or dataset yaml")
+    ap.add_argument("--datasets-dir", default=os.environ.get("DETECTOR_DATASETS", "~/.cache/detector/datasets"))
+    ap.add_argument("--imgsz", type=int, nargs="+", default=[640, 320])
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batches", type=int, default=30, help="timed batches per setting")
+    ap.add_argument("--hyp", default=str(CONF / "hyp" / "scratch-low.yaml"))
+    ap.add_argument("--augment", default=str(CONF / "augment" / "default.yaml"))
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    data = load_data_config(args.data, args.datasets_dir, os.getcwd())
+    im_files = list_image_files(data.train)
+    labels = load_labels(im_files, default_cache_path(data.train, img2label_paths(im_files[:1])), nc=data.nc)
+    hyp = yaml.safe_load(Path(args.hyp).read_text())
+    aug = yaml.safe_load(Path(args.augment).read_text())
+    extras = AlbumentationsExtras(aug.get("albumentations"))
+    box_args = {k: aug[k] for k in ("wh_thr", "ar_thr", "area_thr", "area_thr_segments") if k in aug}
+    print(f"data: {data.yaml_file} ({len(labels.im_files)} train images), batch {args.batch_size}, "
+          f"torch threads {args.threads}, extras: {extras}")  # fmt: skip
+    for imgsz in args.imgsz:
+        ds = YoloDataset(labels, imgsz=imgsz, batch_size=args.batch_size, hyp=hyp, augment=True,
+                         albumentations=extras, mixup_beta=aug.get("mixup_beta", 32.0), **box_args)  # fmt: skip
+        for workers in args.workers:
+            ips = measure(ds, args.batch_size, workers, args.batches)
+            print(f"imgsz {imgsz:4d}  workers {workers}: {ips:7.1f} img/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Lightning DataModule: verified labels -> YoloDataset (train with augmentation, val rect) -> DataLoaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import cv2
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from detector.data.augment import AlbumentationsExtras
+from detector.data.config import DataConfig, img2label_paths, list_image_files
+from detector.data.dataset import YoloDataset
+from detector.data.labels import LabelSet, default_cache_path, load_labels
+from detector.data.sampler import EpochSampler
+
+log = logging.getLogger(__name__)
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(0)  # no OpenCV threads in loader processes (the workers use the cores; 1 deadlocks after fork)
+
+
+class DetectorDataModule(L.LightningDataModule):
+    """Train/val loaders of a YOLOv5 dataset, as YOLOv5's ``create_dataloader`` builds them.
+
+    ``batch_size`` is the total over devices; each device gets ``batch_size // world_size``; val uses twice that,
+    rect batches with pad 0.5 and no augmentation. ``augment`` is the conf/augment node (mosaic9, mixup_beta,
+    box-candidate thresholds, albumentations list). The dataset reports go to ``report_dir``.
+    """
+
+    def __init__(
+        self,
+        data: DataConfig,
+        hyp: Mapping[str, Any],
+        imgsz: int,
+        batch_size: int,
+        workers: int,
+        seed: int,
+        epochs: int,
+        augment: Mapping[str, Any] | None = None,
+        cache: str | None = None,
+        rect: bool = False,
+        close_mosaic: int = 0,
+        single_cls: bool = False,
+        repair_jpeg: bool = False,
+        report_dir: Path | None = None,
+        stride: int = 32,
+        val_pad: float = 0.5,
+    ):
+        super().__init__()
+        self.data = data
+        self.hyp = dict(hyp)
+        self.imgsz = int(imgsz)
+        self.batch_size = int(batch_size)
+        self.workers = int(workers)
+        self.seed = int(seed)
+        self.epochs = int(epochs)
+        self.augment = dict(augment or {})
+        self.cache = cache or None
+        self.rect = bool(rect)
+        self.close_mosaic = int(close_mosaic)
+        self.single_cls = bool(single_cls)
+        self.repair_jpeg = bool(repair_jpeg)
+        self.report_dir = Path(report_dir) if report_dir is not None else None
+        self.stride = int(stride)
+        self.val_pad = float(val_pad)
+        self.train_dataset: YoloDataset | None = None
+        self.val_dataset: YoloDataset | None = None
+        self._labelsets: dict[str, LabelSet] = {}
+
+    @property
+    def nc(self) -> int:
+        return 1 if self.single_cls else self.data.nc
+
+    @property
+    def names(self) -> dict[int, str]:
+        if self.single_cls:
+            return {0: self.data.names[0] if self.data.nc == 1 else "item"}
+        return dict(self.data.names)
+
+    def _world(self) -> tuple[int, int, int]:
+        """(world_size, global rank, devices on this node), from the attached trainer when there is one."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0, 1
+        return trainer.world_size, trainer.global_rank, max(1, getattr(trainer, "num_devices", 1))
+
+    def _labels(self, split: str) -> LabelSet:
+        if split not in self._labelsets:
+            sources = getattr(self.data, split)
+            im_files = list_image_files(sources)
+            cache_path = default_cache_path(sources, img2label_paths(im_files[:1]))
+            self._labelsets[split] = load_labels(
+                im_files,
+                cache_path=cache_path,
+                nc=self.data.nc,
+                repair_jpeg=self.repair_jpeg,
+                single_cls=self.single_cls,
+                workers=max(1, min(8, (os.cpu_count() or 2) - 1)),
+            )
+        return self._labelsets[split]
+
+    def prepare_data(self) -> None:
+        """Verify labels and write the label caches once per node (local rank 0) before the ranks set up."""
+        for split in ("train", "val"):
+            self._labels(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the train and val datasets (labels from the caches) and save the dataset reports."""
+        if self.train_dataset is not None and self.val_dataset is not None:
+            return
+        world, rank, _ = self._world()
+        batch = self.batch_size // world
+        if batch < 1:
+            raise ValueError(f"batch_size {self.batch_size} is smaller than the world size {world}")
+        a = self.augment
+        box_args = {k: a[k] for k in ("wh_thr", "ar_thr", "area_thr", "area_thr_segments") if k in a}
+        extras = AlbumentationsExtras(a.get("albumentations"))
+        common = dict(imgsz=self.imgsz, hyp=self.hyp, stride=self.stride, seed=self.seed, epochs=self.epochs,
+                      names=self.names, workers=self.workers, **box_args)  # fmt: skip
+        train_set, val_set = self._labels("train"), self._labels("val")
+        for split, ls in (("train", train_set), ("val", val_set)):
+            for line in (ls.report.summary(), *ls.report.lines()):
+                log.info("%s: %s", split, line)
+            if self.report_dir is not None and rank == 0:
+                ls.report.save(self.report_dir / f"dataset_{split}.txt")
+        self.train_dataset = YoloDataset(
+            train_set,
+            batch_size=batch * world,  # rect groups span one batch of every rank (see EpochSampler)
+            augment=True,
+            rect=self.rect,
+            close_mosaic=self.close_mosaic,
+            mosaic9=bool(a.get("mosaic9", False)),
+            mixup_beta=float(a.get("mixup_beta", 32.0)),
+            albumentations=extras,
+            cache=self.cache,
+            cache_dir=self._npy_cache_dir(train_set),
+            **common,
+        )
+        self.val_dataset = YoloDataset(
+            val_set,
+            batch_size=batch * 2,
+            augment=False,
+            rect=True,
+            pad=self.val_pad,
+            cache=self.cache,
+            cache_dir=self._npy_cache_dir(val_set),
+            **common,
+        )
+        self._train_batch, self._val_batch = batch, batch * 2
+
+    def _npy_cache_dir(self, ls: LabelSet) -> Path | None:
+        """``<labels dir>.npy-cache`` beside the label cache: the disk cache never writes into the dataset."""
+        if self.cache != "disk":
+            return None
+        return Path(str(Path(ls.label_files[0]).parent) + ".npy-cache")
+
+    def _loader(self, dataset: YoloDataset, batch: int, workers: int, shuffle: bool, rank: int, world: int):
+        batch = min(batch, len(dataset))
+        _, _, devices = self._world()
+        nw = min((os.cpu_count() or 1) // devices, batch if batch > 1 else 0, workers)
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world),
+            num_workers=nw,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=YoloDataset.collate_fn,
+            persistent_workers=nw > 0,
+            worker_init_fn=_worker_init if nw > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        world, rank, _ = self._world()
+        return self._loader(self.train_dataset, self._train_batch, self.workers, not self.rect, rank, world)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup("validate")
+        # every rank validates the whole set (YOLOv5 validates on rank 0 only)
+        return self._loader(self.val_dataset, self._val_batch, self.workers * 2, False, 0, 1)

@@ -1,0 +1,181 @@
+"""Image loading for the datasets: decode, resize to the training size, optionally cached in RAM or on disk.
+
+``cache='ram'`` keeps the resized images in memory after checking that they fit; ``cache='disk'`` keeps the
+decoded originals as ``.npy`` files in a cache folder given by the caller (never inside the dataset itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Reader = Callable[[str], "np.ndarray | None"]
+LoadedImage = tuple[np.ndarray, tuple[int, int], tuple[int, int]]
+
+
+def available_ram() -> int | None:
+    """Bytes of memory available to new allocations (MemAvailable), None when it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def resize_long_side(im: np.ndarray, imgsz: int, augment: bool) -> np.ndarray:
+    """Resize so that the long side is ``imgsz`` (short side rounded up): linear when augmenting or upsampling,
+    area otherwise (as YOLOv5's load_image)."""
+    h0, w0 = im.shape[:2]
+    r = imgsz / max(h0, w0)
+    if r == 1:
+        return im
+    size = (min(math.ceil(w0 * r), imgsz), min(math.ceil(h0 * r), imgsz))
+    interp = cv2.INTER_LINEAR if (augment or r > 1) else cv2.INTER_AREA
+    return cv2.resize(im, size, interpolation=interp)
+
+
+def disk_cache_path(cache_dir: Path, im_file: str) -> Path:
+    """The .npy file of one image in the disk cache (its stem plus a hash of the full path, so names never clash)."""
+    digest = hashlib.md5(str(im_file).encode()).hexdigest()[:10]
+    return Path(cache_dir) / f"{Path(im_file).stem}_{digest}.npy"
+
+
+class ImageLoader:
+    """Loads image ``i`` as (resized BGR image, (h0, w0), (h, w)); None for the image when it cannot be read.
+
+    ``cache``: None, ``'ram'`` or ``'disk'`` (``cache_dir`` required). RAM caching falls back to no caching, with a
+    warning, when the estimated need (30 sampled images, x ``ram_margin``) exceeds the available memory.
+    """
+
+    def __init__(
+        self,
+        im_files: Sequence[str],
+        imgsz: int,
+        augment: bool,
+        reader: Reader,
+        cache: str | None = None,
+        cache_dir: str | Path | None = None,
+        workers: int = 2,
+        ram_margin: float = 1.1,
+        ram_samples: int = 30,
+        seed: int = 0,
+    ):
+        if cache not in (None, False, "ram", "disk"):
+            raise ValueError(f"cache must be null, 'ram' or 'disk', got {cache!r}")
+        self.im_files = list(im_files)
+        self.imgsz = imgsz
+        self.augment = augment
+        self.reader = reader
+        self.cache = cache or None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.ram: list[LoadedImage | None] | None = None
+        self.npy: list[Path] | None = None
+        if self.cache == "ram":
+            if self._ram_fits(ram_margin, ram_samples, seed):
+                self._fill_ram(workers)
+        elif self.cache == "disk":
+            self._fill_disk(workers)
+
+    def __len__(self) -> int:
+        return len(self.im_files)
+
+    def load(self, i: int) -> tuple[np.ndarray | None, tuple[int, int], tuple[int, int]]:
+        """Image i resized to long side imgsz, with its original and resized (h, w)."""
+        if self.ram is not None and self.ram[i] is not None:
+            return self.ram[i]
+        im = self._read(i)
+        if im is None:
+            return None, (0, 0), (0, 0)
+        h0, w0 = im.shape[:2]
+        im = resize_long_side(im, self.imgsz, self.augment)
+        return im, (h0, w0), im.shape[:2]
+
+    def _read(self, i: int) -> np.ndarray | None:
+        if self.npy is not None:
+            try:
+                return np.load(self.npy[i])
+            except (OSError, ValueError):
+                pass  # a missing or damaged cache file: read the image itself
+        return self.reader(self.im_files[i])
+
+    def _ram_fits(self, margin: float, samples: int, seed: int) -> bool:
+        n = len(self.im_files)
+        rng = np.random.default_rng(seed)
+        picks = rng.choice(n, size=min(samples, n), replace=False)
+        nbytes = 0
+        for i in picks:
+            im = self.reader(self.im_files[i])
+            if im is not None:
+                nbytes += im.nbytes * (self.imgsz / max(im.shape[:2])) ** 2
+        need = nbytes * n / len(picks) * margin
+        avail = available_ram()
+        if avail is None or need < avail:
+            log.info("caching images in RAM: %.1f GB needed, %s available", need / 1e9, _gb(avail))
+            return True
+        log.warning(
+            "cache=ram: not caching images, %.1f GB needed (x%.1f margin) but only %s available",
+            need / 1e9,
+            margin,
+            _gb(avail),
+        )
+        return False
+
+    def _fill_ram(self, workers: int) -> None:
+        self.ram = [None] * len(self.im_files)
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for i, loaded in enumerate(pool.map(self.load, range(len(self.im_files)))):
+                self.ram[i] = loaded if loaded[0] is not None else None
+
+    def _fill_disk(self, workers: int) -> None:
+        if self.cache_dir is None:
+            raise ValueError("cache='disk' needs a cache_dir for the .npy files")
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            log.warning(
+                "cache=disk: cannot create %s (%s); images are read from their files", self.cache_dir, e
+            )
+            return
+        paths = [disk_cache_path(self.cache_dir, f) for f in self.im_files]
+
+        def write(i: int) -> bool:
+            if paths[i].exists():
+                return True
+            im = self.reader(self.im_files[i])
+            if im is None:
+                return False
+            tmp = paths[i].with_suffix(".tmp.npy")
+            np.save(tmp, im)
+            os.replace(tmp, paths[i])  # atomic: a reader never sees a half-written file
+            return True
+
+        try:
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                done = sum(pool.map(write, range(len(paths))))
+        except OSError as e:
+            log.warning(
+                "cache=disk: cannot write to %s (%s); images are read from their files", self.cache_dir, e
+            )
+            return
+        self.npy = paths
+        log.info("cache=disk: %d decoded images as .npy in %s", done, self.cache_dir)
+
+
+def _gb(nbytes: int | None) -> str:
+    return "unknown" if nbytes is None else f"{nbytes / 1e9:.1f} GB"

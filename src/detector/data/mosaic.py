@@ -1,0 +1,117 @@
+"""Mosaic placement: 4 (or 9) training images tiled on a grey canvas with their labels moved along.
+
+Own code: albumentations has no multi-image mosaic. The result is a 2s x 2s canvas; the dataset then applies
+copy-paste and ``random_perspective(border=(-s // 2, -s // 2))``, which crops it to s x s as YOLOv5 does.
+The canvas is BGRA (alpha unused): OpenCV warps 4-channel images faster, with identical colour values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from detector.boxes import xywhn2xyxy
+
+# load(i) -> (image resized to long side s, labels (n, 5) [cls, x, y, w, h] normalised, polygons normalised)
+Loader = Callable[[int], tuple[np.ndarray, np.ndarray, list[np.ndarray]]]
+Mosaic = tuple[np.ndarray, np.ndarray, list[np.ndarray]]
+
+
+def _paste(canvas: np.ndarray, im: np.ndarray, ox: int, oy: int) -> tuple[int, int, int, int]:
+    """Copy BGR im into the BGRA canvas with its top-left corner at (ox, oy), cropped to the canvas.
+
+    Returns the canvas rectangle written (x1, y1, x2, y2); converting straight into the canvas saves a copy.
+    """
+    H, W = canvas.shape[:2]
+    h, w = im.shape[:2]
+    x1, y1, x2, y2 = max(ox, 0), max(oy, 0), min(ox + w, W), min(oy + h, H)
+    if x2 > x1 and y2 > y1:
+        src = im[y1 - oy : y2 - oy, x1 - ox : x2 - ox]
+        if im.shape[2] == 3:
+            cv2.cvtColor(src, cv2.COLOR_BGR2BGRA, dst=canvas[y1:y2, x1:x2])
+        else:
+            canvas[y1:y2, x1:x2] = src
+    return x1, y1, max(x1, x2), max(y1, y2)
+
+
+def _fill_around(canvas: np.ndarray, region: tuple[int, int, int, int], tile: tuple[int, int, int, int]) -> None:
+    """Fill region (x1, y1, x2, y2) of the canvas with grey 114 except the tile rectangle inside it."""
+    rx1, ry1, rx2, ry2 = region
+    tx1, ty1, tx2, ty2 = tile
+    canvas[ry1:ty1, rx1:rx2] = 114  # above
+    canvas[ty2:ry2, rx1:rx2] = 114  # below
+    canvas[ty1:ty2, rx1:tx1] = 114  # left
+    canvas[ty1:ty2, tx2:rx2] = 114  # right
+
+
+def _place(
+    canvas: np.ndarray, im: np.ndarray, labels: np.ndarray, segments: list[np.ndarray], ox: int, oy: int
+) -> tuple[np.ndarray, list[np.ndarray], tuple[int, int, int, int]]:
+    """Paste one image; return its labels as pixel xyxy, its polygons in pixels (shifted by (ox, oy)) and the
+    canvas rectangle it covers."""
+    rect = _paste(canvas, im, ox, oy)
+    h, w = im.shape[:2]
+    out = labels.astype(np.float32, copy=True)
+    if len(out):
+        out[:, 1:] = xywhn2xyxy(labels[:, 1:], w, h, ox, oy)
+    return out, [s * (w, h) + (ox, oy) for s in segments], rect
+
+
+def _finish(labels: list[np.ndarray], segments: list[np.ndarray], size: int) -> tuple[np.ndarray, list]:
+    out = np.concatenate(labels, 0) if labels else np.zeros((0, 5), np.float32)
+    out[:, 1:] = out[:, 1:].clip(0, size)
+    return out, [s.clip(0, size) for s in segments]
+
+
+def mosaic4(load: Loader, index: int, n: int, s: int, rng: np.random.Generator) -> Mosaic:
+    """Image ``index`` and 3 random others (shuffled) around a random centre in [s/2, 3s/2) of a 2s canvas.
+
+    Returns (BGRA canvas 2s x 2s, labels (m, 5) [cls, x1, y1, x2, y2] in canvas pixels clipped to [0, 2s], polygons).
+    """
+    lo, hi = s // 2, 2 * s - s // 2
+    xc, yc = int(rng.uniform(lo, hi)), int(rng.uniform(lo, hi))
+    indices = [index, *rng.integers(0, n, 3).tolist()]
+    rng.shuffle(indices)
+    canvas = np.empty((2 * s, 2 * s, 4), np.uint8)  # grey is filled around the tiles only
+    labels, segments = [], []
+    for k, i in enumerate(indices):
+        im, lab, segs = load(i)
+        h, w = im.shape[:2]
+        left, top = k in (0, 2), k in (0, 1)  # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
+        ox, oy = (xc - w if left else xc), (yc - h if top else yc)
+        lab, segs, rect = _place(canvas, im, lab, segs, ox, oy)
+        quadrant = (0 if left else xc, 0 if top else yc, xc if left else 2 * s, yc if top else 2 * s)
+        _fill_around(canvas, quadrant, rect)
+        labels.append(lab)
+        segments += segs
+    return (canvas, *_finish(labels, segments, 2 * s))
+
+
+def mosaic9(load: Loader, index: int, n: int, s: int, rng: np.random.Generator) -> Mosaic:
+    """Image ``index`` and 8 random others (shuffled) on a 3 x 3 grid of s-cells, then a random 2s x 2s crop.
+
+    Own arrangement (YOLOv5's load_mosaic9 is never called): each image sits in its cell pushed towards the
+    centre cell, so tiles never overlap and every label stays on its pixels.
+    """
+    indices = [index, *rng.integers(0, n, 8).tolist()]
+    rng.shuffle(indices)
+    canvas = np.full((3 * s, 3 * s, 4), 114, np.uint8)
+    labels, segments = [], []
+    for k, i in enumerate(indices):
+        im, lab, segs = load(i)
+        h, w = im.shape[:2]
+        row, col = divmod((k + 4) % 9, 3)  # the first image goes to the centre cell
+        ox = col * s + (s - w if col == 0 else (s - w) // 2 if col == 1 else 0)
+        oy = row * s + (s - h if row == 0 else (s - h) // 2 if row == 1 else 0)
+        lab, segs, _ = _place(canvas, im, lab, segs, ox, oy)
+        labels.append(lab)
+        segments += segs
+    x0, y0 = int(rng.uniform(0, s)), int(rng.uniform(0, s))
+    canvas = canvas[y0 : y0 + 2 * s, x0 : x0 + 2 * s]
+    for lab in labels:
+        lab[:, [1, 3]] -= x0
+        lab[:, [2, 4]] -= y0
+    segments = [seg - (x0, y0) for seg in segments]
+    return (np.ascontiguousarray(canvas), *_finish(labels, segments, 2 * s))

@@ -1,0 +1,50 @@
+"""A sampler that yields ``(index, epoch)`` so each sample knows its epoch, with DDP sharding built in."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, epoch)`` for this rank's share of ``range(n)``; Lightning calls ``set_epoch`` each epoch.
+
+    With ``shuffle`` the order is a permutation seeded by ``seed + epoch`` (as DistributedSampler). The list is
+    padded to a multiple of ``world_size`` and rank r takes every world_size-th item starting at r. Padding repeats
+    the first items when shuffling and the last item otherwise, so that under DDP each rank's k-th batch of a
+    rect (unshuffled) dataset comes from one rect group of ``batch * world_size`` images.
+    """
+
+    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        self.n = n
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.num_samples = math.ceil(n / world_size) if n else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch used for the shuffle and passed along with every index."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(self.n, generator=g).tolist()
+        else:
+            indices = list(range(self.n))
+        pad = self.num_samples * self.world_size - self.n
+        if pad:
+            fill = (indices * math.ceil(pad / self.n))[:pad] if self.shuffle else [indices[-1]] * pad
+            indices += fill
+        epoch = self.epoch
+        return iter([(i, epoch) for i in indices[self.rank :: self.world_size]])

@@ -1,0 +1,89 @@
+"""Checks and completes the composed Hydra config before a run: hyp files, choices, checkpoint, precision."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("SGD", "Adam", "AdamW", "auto")
+CACHES = (None, "ram", "disk")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, with a message naming the key."""
+
+
+def _suggest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def load_hyp_file(path: str | Path, hyp: DictConfig) -> DictConfig:
+    """Merge a YOLOv5 hyp yaml over ``hyp``; unknown keys are an error naming the key and the file."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"hyp_file={path}: no such file")
+    try:
+        values = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"hyp_file={path}: not valid YAML ({e})") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"hyp_file={path}: expected a mapping of hyp keys, got {type(values).__name__}")
+    known = list(hyp.keys())
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"hyp_file={path}: unknown hyp key '{key}'.{_suggest(str(key), known)}")
+    missing = [k for k in known if k not in values]
+    if missing:
+        log.info("hyp_file %s has no value for %s; keeping the selected hyp's values", file, ", ".join(missing))
+    return OmegaConf.merge(hyp, values)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, outputs_dir: str | Path = "outputs") -> str | None:
+    """``last`` becomes the newest ``weights/last.ckpt`` under ``outputs_dir``; a missing path is an error."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        found = sorted(Path(outputs_dir).glob("**/weights/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(f"ckpt_path=last: no weights/last.ckpt found under {Path(outputs_dir).resolve()}")
+        log.info("Resuming from %s", found[-1])
+        return str(found[-1])
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return str(ckpt_path)
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> str:
+    """``auto`` means AMP (16-mixed) when training on CUDA, else full precision."""
+    precision = str(trainer_cfg.get("precision", "auto"))
+    if precision != "auto":
+        return precision
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    on_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    return "16-mixed" if on_cuda else "32-true"
+
+
+def prepare_config(cfg: DictConfig) -> DictConfig:
+    """Validate choices and apply ``hyp_file``; returns the config to run with."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer={cfg.optimizer}: choose one of {', '.join(OPTIMIZERS)}")
+    if cfg.cache not in CACHES:
+        raise ConfigError(f"cache={cfg.cache}: choose null, ram or disk")
+    for key in ("epochs", "batch_size", "imgsz"):
+        if int(cfg[key]) < 1:
+            raise ConfigError(f"{key}={cfg[key]}: must be a positive integer")
+    if int(cfg.workers) < 0:
+        raise ConfigError(f"workers={cfg.workers}: must be >= 0")
+    with open_dict(cfg):
+        if cfg.hyp_file:
+            cfg.hyp = load_hyp_file(cfg.hyp_file, cfg.hyp)
+        cfg.trainer.precision = resolve_precision(cfg.trainer)
+    return cfg
