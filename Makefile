@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-train: $(STAMP)  ## train on the built-in dataset (extra Hydra overrides: make train ARGS="epochs=5")
-	$(PY) -m detector.train $(ARGS)
+train: $(STAMP)  ## train on the built-in dataset with the CPU demo preset (overrides: make train ARGS="epochs=5")
+	$(PY) -m detector.train experiment=demo $(ARGS)
 
 test: $(STAMP)  ## the fast test suite (excludes @pytest.mark.slow)
 	$(PY) -m pytest -m "not slow" -q

@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--thr", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--population", type=int, default=16)
+    ap.add_argument("--climbers", type=int, default=4)
     ap.add_argument("--max-fit-boxes", type=int, default=8192)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for the YOLOv5 baseline")
     ap.add_argument("--skip-yolov5", action="store_true")
@@ -102,6 +103,7 @@ def main() -> None:
         args.gen,
         np.random.default_rng(args.seed),
         population=args.population,
+        climbers=args.climbers,
         max_fit_boxes=args.max_fit_boxes,
         verbose=False,
     )
@@ -109,7 +111,8 @@ def main() -> None:
     bpr, aat = anchor_metrics(ours, wh_f, args.thr)
     print(
         f"ours   : {t_ours:7.2f} s  fitness {anchor_fitness(ours, wh_f, args.thr):.5f}  BPR {bpr:.4f}  "
-        f"aat {aat:.2f}  (population {args.population}, fit on {args.max_fit_boxes} boxes)"
+        f"aat {aat:.2f}  (population {args.population}, {args.climbers} climbers, "
+        f"fit on {args.max_fit_boxes} boxes)"
     )
     print("         anchors " + ", ".join(f"{w:.0f},{h:.0f}" for w, h in ours))
     if args.skip_yolov5:

@@ -1,6 +1,6 @@
 """Images/second of the training data pipeline (mosaic, perspective, HSV, flips, albumentations extras).
 
-    .venv/bin/python bench/dataloader.py                      # built-in shapes dataset, 640 and 320, 0 and 2 workers
+    .venv/bin/python bench/dataloader.py     # built-in shapes dataset, 640 and 320, 0 and 2 workers
     .venv/bin/python bench/dataloader.py --data path/to/data.yaml --imgsz 640 --workers 4 --batches 50
 
 Uses hyp scratch-low and conf/augment/default.yaml; one warm-up batch, then times a fixed number of batches.
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from detector.data.augment import AlbumentationsExtras
 from detector.data.config import img2label_paths, list_image_files, load_data_config
-from detector.data.datamodule import _worker_init
+from detector.data.datamodule import init_loader_worker
 from detector.data.dataset import YoloDataset
 from detector.data.labels import default_cache_path, load_labels
 from detector.data.sampler import EpochSampler
@@ -36,7 +36,7 @@ def measure(dataset: YoloDataset, batch: int, workers: int, batches: int, seed: 
         num_workers=workers,
         collate_fn=YoloDataset.collate_fn,
         persistent_workers=workers > 0,
-        worker_init_fn=_worker_init if workers > 0 else None,
+        worker_init_fn=init_loader_worker if workers > 0 else None,
     )
     n, epoch = 0, 0
     it = iter(loader)
@@ -80,8 +80,16 @@ def main() -> None:
     print(f"data: {data.yaml_file} ({len(labels.im_files)} train images), batch {args.batch_size}, "
           f"torch threads {args.threads}, extras: {extras}")  # fmt: skip
     for imgsz in args.imgsz:
-        ds = YoloDataset(labels, imgsz=imgsz, batch_size=args.batch_size, hyp=hyp, augment=True,
-                         albumentations=extras, mixup_beta=aug.get("mixup_beta", 32.0), **box_args)  # fmt: skip
+        ds = YoloDataset(
+            labels,
+            imgsz=imgsz,
+            batch_size=args.batch_size,
+            hyp=hyp,
+            augment=True,
+            albumentations=extras,
+            mixup_beta=aug.get("mixup_beta", 32.0),
+            **box_args,
+        )
         for workers in args.workers:
             ips = measure(ds, args.batch_size, workers, args.batches)
             print(f"imgsz {imgsz:4d}  workers {workers}: {ips:7.1f} img/s")

@@ -32,6 +32,7 @@ class AutoAnchor(L.Callback):
         seed: seed of the scale jitter, k-means and mutations (rank 0 only).
         scale_jitter: per-image scale range applied to label sizes when measuring BPR.
         population: mutations scored per generation.
+        climbers: independent hill climbers sharing the population.
         max_fit_boxes: labels the search fits on (random subsample; None: all).
     """
 
@@ -46,6 +47,7 @@ class AutoAnchor(L.Callback):
         seed: int = 0,
         scale_jitter: tuple[float, float] = (0.9, 1.1),
         population: int = 16,
+        climbers: int = 4,
         max_fit_boxes: int | None = 8192,
     ) -> None:
         self.thr = float(thr)
@@ -57,6 +59,7 @@ class AutoAnchor(L.Callback):
         self.seed = int(seed)
         self.scale_jitter = (float(scale_jitter[0]), float(scale_jitter[1]))
         self.population = int(population)
+        self.climbers = int(climbers)
         self.max_fit_boxes = None if max_fit_boxes is None else int(max_fit_boxes)
         self.result: AnchorCheck | None = None  # the last check (rank 0 only), for inspection
         self._deferred = False
@@ -135,6 +138,7 @@ class AutoAnchor(L.Callback):
             gen=self.gen,
             rng=rng,
             population=self.population,
+            climbers=self.climbers,
             max_fit_boxes=self.max_fit_boxes,
         )
         level = logging.WARNING if res.warn else logging.INFO

@@ -1,4 +1,4 @@
-"""Pictures of the training data: labels.jpg at fit start and train_batch0..2.jpg of the first epoch trained."""
+"""Pictures of the training data: labels.jpg at fit start, train_batch0..2.jpg in the first epoch trained."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ def _train_dataset(trainer: L.Trainer) -> Any:
 
 
 class DatasetPlots(Callback):
-    """Saves labels.jpg (class histogram, box shapes, centres, sizes) and the first ``n_batches`` training batches
-    (with boxes and class names) of the first epoch this fit trains, into ``save_dir``; global rank zero only."""
+    """Saves labels.jpg (class histogram, box shapes, centres, sizes) at fit start and the first ``n_batches``
+    training batches (boxes and class names) of the first epoch this fit trains, into ``save_dir``.
+
+    Global rank zero only."""
 
     def __init__(self, save_dir: str | Path, n_batches: int = 3) -> None:
         self.save_dir = Path(save_dir)

@@ -4,12 +4,13 @@ Pure numpy/scipy, no Lightning. All anchors and box sizes here are in pixels, ``
 
 Metric (YOLOv5): for a label ``wh`` and an anchor ``k``, ``x = min over sides of min(wh / k, k / wh)``
 in (0, 1]; ``best = max over anchors of x``; a label is covered when ``best > 1 / thr``.
-``bpr`` = fraction covered,
-``aat`` = mean number of anchors per label with ``x > 1 / thr``, fitness = ``mean(best * (best > 1 / thr))``.
+``bpr`` = fraction of labels covered, ``aat`` = mean number of anchors per label with ``x > 1 / thr``,
+fitness = ``mean(best * (best > 1 / thr))``.
 
-The anchor search differs from YOLOv5 only in speed: each generation scores a population of mutations at once
-(a (1 + lambda) hill climb instead of (1 + 1)), on a random subsample of the labels, in log space; the result
-is re-scored on every label and never worse than the k-means start.
+The anchor search keeps YOLOv5's mutation and greedy acceptance, but each generation scores a batch of
+mutations at once (several independent hill climbers, each trying a few mutations, instead of one climber
+trying one), on a random subsample of the labels, in log space; the result is re-scored on every label and
+is never worse than the k-means start.
 """
 
 from __future__ import annotations
@@ -207,38 +208,44 @@ def evolve_anchors(
     gen: int,
     rng: np.random.Generator,
     population: int = 16,
+    climbers: int = 4,
     mutation_prob: float = 0.9,
     sigma: float = 0.1,
     clip_factors: tuple[float, float] = (0.3, 3.0),
     min_anchor: float = 2.0,
 ) -> tuple[np.ndarray, float]:
-    """Greedy genetic refinement: per generation ``population`` YOLOv5 mutations of the best anchors are
-    scored together and the best one is kept if it beats the current fitness.
-    Returns ``(anchors, fitness on wh)``.
+    """Genetic refinement as ``climbers`` independent greedy hill climbers started from ``k``; each generation
+    every climber scores ``population // climbers`` YOLOv5 mutations of its anchors (all scored in one batch)
+    and keeps the best if it beats its fitness. Returns the best climber's ``(anchors, fitness on wh)``.
 
     One mutation is ``v = ((U < mutation_prob) * u * N(0, 1) * sigma + 1).clip(*clip_factors)`` per element,
-    ``u`` one uniform per candidate, redrawn while every factor is 1;
-    candidate = ``(k * v).clip(min=min_anchor)``. ``population=1`` is YOLOv5's (1 + 1) hill climb.
+    ``u`` one uniform per candidate, redrawn while every factor is 1; candidate ``(k * v).clip(min_anchor)``.
+    ``population=1, climbers=1`` is YOLOv5's (1 + 1) hill climb; several climbers escape its local optima.
     """
     log_wh = np.log(np.asarray(wh, dtype=np.float64).clip(min=1e-6).T).astype(np.float32)  # a 0 side scores 0
     k = np.asarray(k, dtype=np.float64).clip(min=min_anchor)
-    f = float(population_fitness(k[None], log_wh, thr)[0])
-    shape = (population, *k.shape)
+    n_climb = max(1, min(climbers, population))
+    n_cand = max(1, population // n_climb)
+    ks = np.repeat(k[None], n_climb, 0)
+    f = np.repeat(population_fitness(k[None], log_wh, thr), n_climb)
+    shape = (n_climb, n_cand, *k.shape)
+    rows = np.arange(n_climb)
     for _ in range(gen):
         v = np.ones(shape)
-        todo = np.ones(population, bool)
+        todo = np.ones(shape[:2], bool)
         while todo.any():  # redraw candidates whose factors are all exactly 1 (no change)
             m = int(todo.sum())
             mask = rng.random((m, *k.shape)) < mutation_prob
             u = rng.random((m, 1, 1))
             v[todo] = (mask * u * rng.standard_normal((m, *k.shape)) * sigma + 1).clip(*clip_factors)
-            todo = (v == 1).all((1, 2))
-        cand = (k[None] * v).clip(min=min_anchor)
-        fg = population_fitness(cand, log_wh, thr)
-        i = int(fg.argmax())
-        if float(fg[i]) > f:
-            f, k = float(fg[i]), cand[i]
-    return k, f
+            todo = (v == 1).all((2, 3))
+        cand = (ks[:, None] * v).clip(min=min_anchor)
+        fg = population_fitness(cand.reshape(-1, *k.shape), log_wh, thr).reshape(shape[:2])
+        i = fg.argmax(1)
+        better = fg[rows, i] > f
+        ks[better], f[better] = cand[rows, i][better], fg[rows, i][better]
+    best = int(f.argmax())
+    return ks[best], float(f[best])
 
 
 def kmean_anchors(
@@ -250,6 +257,7 @@ def kmean_anchors(
     rng: np.random.Generator | None = None,
     *,
     population: int = 16,
+    climbers: int = 4,
     max_fit_boxes: int | None = 8192,
     kmeans_iter: int = 30,
     mutation_prob: float = 0.9,
@@ -263,8 +271,8 @@ def kmean_anchors(
 
     Labels with both sides under ``min_label`` px are ignored. k-means (whitened, ``kmeans_iter`` restarts)
     starts the search; with fewer distinct labels than anchors, or if k-means fails, ``spread_init`` does.
-    ``evolve_anchors`` then refines for ``gen`` generations. Both run on at most ``max_fit_boxes`` random
-    labels (None: all).
+    ``evolve_anchors`` then refines for ``gen`` generations (``population`` mutations per generation shared by
+    ``climbers`` hill climbers). Both run on at most ``max_fit_boxes`` random labels (None: all).
     The result is the better of start and evolved anchors on all labels. Never raises on degenerate data.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -308,7 +316,9 @@ def kmean_anchors(
             logger.warning("AutoAnchor: %s; switching from k-means to a spread of the label sizes", e)
             k0 = spread_init(fit, n, thr, min_anchor)
     k0 = k0.clip(min=min_anchor)
-    k, _ = evolve_anchors(k0, fit, thr, gen, rng, population, mutation_prob, sigma, clip_factors, min_anchor)
+    k, _ = evolve_anchors(
+        k0, fit, thr, gen, rng, population, climbers, mutation_prob, sigma, clip_factors, min_anchor
+    )
     if anchor_fitness(k0, wh, thr) > anchor_fitness(k, wh, thr):
         k = k0  # the subsample favoured a set that is worse on all labels
     k = k[np.argsort(k.prod(1), kind="stable")].astype(np.float32)

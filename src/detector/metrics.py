@@ -216,6 +216,7 @@ class DetectionEvaluator:
                 sync_on_compute=False,
             )
             self._coco.warn_on_many_detections = False  # more than coco_max_dets per image is expected here
+        self.coco_active = self._coco is not None  # pycocotools is slow: callers may skip it for some epochs
         self.reset()
 
     def table(self, result: Mapping) -> str:
@@ -250,10 +251,10 @@ class DetectionEvaluator:
             self._target_cls.append(lab[:, 0].numpy())
             self._images_per_class[np.unique(lab_cls.numpy())] += 1
             self._n_images += 1
-            if self._coco is not None:
+            if self.coco_active:
                 coco_preds.append({"boxes": det[:, :4], "scores": det[:, 4], "labels": det[:, 5].long()})
                 coco_targets.append({"boxes": lab[:, 1:5], "labels": lab_cls})
-        if self._coco is not None and coco_preds:
+        if self.coco_active and coco_preds:
             self._coco.update(coco_preds, coco_targets)
 
     def compute(self) -> dict:
@@ -274,8 +275,6 @@ class DetectionEvaluator:
             "recall": float(res.r.mean()) if has_classes else 0.0,
             "mAP_0.5": map50,
             "mAP_0.5:0.95": map_all,
-            "coco/mAP": 0.0,
-            "coco/mAP_50": 0.0,
             "classes": res.classes,
             "ap50_per_class": res.ap[:, 0].copy(),
             "ap_per_class": res.ap.mean(1),
@@ -288,8 +287,8 @@ class DetectionEvaluator:
             "n_labels": len(target_cls),
             "ap_result": res,
         }
-        if self._coco is not None and len(target_cls):
-            coco = self._coco.compute()
+        if self.coco_active:
+            coco = self._coco.compute() if len(target_cls) else {"map": torch.tensor(0.0), "map_50": torch.tensor(0.0)}
             out["coco/mAP"] = _valid_or_zero(coco["map"])
             out["coco/mAP_50"] = _valid_or_zero(coco["map_50"])
         return out

@@ -65,7 +65,12 @@ class DetectorModule(L.LightningModule):
         self.hyp = scale_loss_gains(hyp, self.model.detect.nl, nc, imgsz)
         self.loss_fn = YoloLoss(self.model, self.hyp, label_smoothing=label_smoothing)
         self.val_cfg = dict(val or {})
-        self.evaluator = DetectionEvaluator(nc, names=self.names, ap_method=self.val_cfg.get("ap_method", "interp"))
+        self.evaluator = DetectionEvaluator(
+            nc,
+            names=self.names,
+            ap_method=self.val_cfg.get("ap_method", "interp"),
+            coco=self.val_cfg.get("coco", "final") != "never",
+        )
         self.accumulate = accumulate_for(batch_size, nbs)  # the warmup callback changes it per batch
         self.last_opt_step = -1
         self.warmup_bias_lr = float(hyp["warmup_bias_lr"])  # optimizer=auto may change it
@@ -115,8 +120,7 @@ class DetectorModule(L.LightningModule):
             self.manual_backward(loss * self.trainer.world_size)
         if step:
             opt = self.optimizers()
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
+            opt.step()  # clipping happens in on_before_optimizer_step, after AMP has unscaled the gradients
             opt.zero_grad()
             self.last_opt_step = ni
         bs = imgs.shape[0]
@@ -124,6 +128,10 @@ class DetectorModule(L.LightningModule):
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs)
         self.log("loss", items.sum(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
         return loss.detach()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this after the AMP scaler's unscale_: clipping earlier would clip the scaled gradients.
+        self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if batch_idx + 1 == self.nb:
@@ -140,6 +148,9 @@ class DetectorModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
+        coco = self.val_cfg.get("coco", "final")
+        final = self.trainer.sanity_checking is False and self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
+        self.evaluator.coco_active = coco == "always" or (coco == "final" and (final or not self.trainer.training))
         self.evaluator.reset()
         self._val_loss = torch.zeros(3)
         self._val_batches = 0
@@ -180,9 +191,10 @@ class DetectorModule(L.LightningModule):
             "metrics/recall": results["recall"],
             "metrics/mAP_0.5": results["mAP_0.5"],
             "metrics/mAP_0.5:0.95": results["mAP_0.5:0.95"],
-            "metrics/coco_mAP": results["coco/mAP"],
-            "metrics/coco_mAP_0.5": results["coco/mAP_50"],
         }
+        if "coco/mAP" in results:
+            metrics["metrics/coco_mAP"] = results["coco/mAP"]
+            metrics["metrics/coco_mAP_0.5"] = results["coco/mAP_50"]
         val_loss = self._val_loss / max(self._val_batches, 1)
         for name, value in zip(LOSS_NAMES, val_loss.tolist(), strict=True):
             metrics[f"val/{name}"] = value

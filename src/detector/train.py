@@ -94,7 +94,8 @@ def run(cfg: DictConfig) -> float:
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(cwd) / "outputs")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    best_ckpt = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None) == "fitness"), None)
+    best = best_ckpt.best_model_score if best_ckpt is not None else None
     best_fitness = float(best) if best is not None else float(trainer.callback_metrics.get("fitness", 0.0))
     log.info("Results saved to %s (best fitness %.4f)", run_dir, best_fitness)
     return best_fitness

@@ -1,9 +1,9 @@
 """YOLOv5's per-sample augmentations: letterbox, random perspective with its box filter, HSV, flips, MixUp,
 copy-paste and the optional albumentations extras.
 
-Images are HWC BGR uint8. Labels are ``(n, 5)`` float arrays: ``[cls, x1, y1, x2, y2]`` in pixels for the geometric
-steps, ``[cls, x, y, w, h]`` normalised for the extras and the flips (as YOLOv5 orders them). Every random draw comes
-from the ``rng`` passed in, so a sample is a pure function of its seed.
+Images are HWC BGR uint8. Labels are ``(n, 5)`` float arrays: ``[cls, x1, y1, x2, y2]`` in pixels for the
+geometric steps, ``[cls, x, y, w, h]`` normalised for the extras and the flips (as YOLOv5 orders them).
+Every random draw comes from the ``rng`` passed in, so a sample is a pure function of its seed.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import math
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -32,7 +33,7 @@ def letterbox(
     scaleup: bool = True,
     stride: int = 32,
 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
-    """Resize keeping the aspect ratio and pad to ``new_shape`` (h, w); returns (image, (rw, rh), (padw, padh)).
+    """Resize keeping the aspect ratio and pad to ``new_shape`` (h, w); returns (image, (rw, rh), (dw, dh)).
 
     ``auto`` pads only up to a multiple of ``stride``; ``scale_fill`` stretches without padding; without
     ``scaleup`` images are only shrunk. The result is always a new array.
@@ -60,13 +61,11 @@ def letterbox(
     return im, ratio, (dw, dh)
 
 
-def augment_hsv(
-    im: np.ndarray, hgain: float, sgain: float, vgain: float, rng: np.random.Generator
-) -> np.ndarray:
+def augment_hsv(im: np.ndarray, hgain: float, sgain: float, vgain: float, rng: np.random.Generator) -> np.ndarray:
     """Random multiplicative hue/saturation/value gains through lookup tables; returns a new BGR image.
 
     ``im`` is BGR or BGRA (alpha ignored). With all gains 0 the input is returned untouched.
-    Own code: YOLOv5 multiplies hue before the modulo 180 and albumentations' HueSaturationValue shifts additively.
+    Own code: YOLOv5 multiplies hue before the modulo 180; albumentations' HueSaturationValue shifts it.
     """
     if not (hgain or sgain or vgain):
         return im
@@ -94,10 +93,10 @@ def box_candidates(
     area_thr: float = 0.1,
     eps: float = 1e-16,
 ) -> np.ndarray:
-    """Mask of boxes worth keeping after a warp: box1 (4, n) before (scaled), box2 (4, n) after, both xyxy pixels.
+    """Mask of boxes worth keeping after a warp: box1 (4, n) before (scaled), box2 (4, n) after, xyxy pixels.
 
-    Kept when both sides exceed ``wh_thr`` px, the area ratio exceeds ``area_thr`` and the aspect ratio is below
-    ``ar_thr``.
+    Kept when both sides exceed ``wh_thr`` px, the area ratio exceeds ``area_thr`` and the aspect ratio is
+    below ``ar_thr``.
     """
     w1, h1 = box1[2] - box1[0], box1[3] - box1[1]
     w2, h2 = box2[2] - box2[0], box2[3] - box2[1]
@@ -118,7 +117,7 @@ def resample_segments(segments: Sequence[np.ndarray], n: int = 1000) -> np.ndarr
 
 
 def _segment_boxes(points: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bounding box (m, 4) of the points (m, k, 2) of each polygon that lie inside the image; zeros if none."""
+    """Bounding box (m, 4) of the points (m, k, 2) of each polygon inside the image; zeros if none are."""
     x, y = points[..., 0], points[..., 1]
     inside = (x >= 0) & (y >= 0) & (x <= width) & (y <= height)
     boxes = np.stack(
@@ -132,6 +131,109 @@ def _segment_boxes(points: np.ndarray, width: int, height: int) -> np.ndarray:
     )
     boxes[~inside.any(1)] = 0
     return boxes
+
+
+@dataclass(frozen=True)
+class Warp:
+    """One drawn random_perspective transform: 3x3 matrix ``M`` (source -> output pixels), its scale gain and
+    the output size (width, height)."""
+
+    M: np.ndarray
+    scale: float
+    size: tuple[int, int]
+    perspective: bool
+
+
+def draw_warp(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    degrees: float = 0.0,
+    translate: float = 0.1,
+    scale: float = 0.5,
+    shear: float = 0.0,
+    perspective: float = 0.0,
+    border: tuple[int, int] = (0, 0),
+) -> Warp:
+    """YOLOv5's random matrix M = T S R P C for a source of ``shape`` (h, w) and an output of that size plus
+    ``2 * border`` (h, w)."""
+    height, width = shape[0] + border[0] * 2, shape[1] + border[1] * 2
+    C = np.eye(3)
+    C[0, 2], C[1, 2] = -shape[1] / 2, -shape[0] / 2
+    P = np.eye(3)
+    P[2, 0], P[2, 1] = rng.uniform(-perspective, perspective, 2)
+    R = np.eye(3)
+    a = rng.uniform(-degrees, degrees)
+    s = rng.uniform(1 - scale, 1 + scale)
+    R[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=a, scale=s)
+    S = np.eye(3)
+    S[0, 1], S[1, 0] = np.tan(rng.uniform(-shear, shear, 2) * math.pi / 180)
+    T = np.eye(3)
+    T[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * width
+    T[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * height
+    return Warp(T @ S @ R @ P @ C, float(s), (width, height), bool(perspective))
+
+
+def source_roi(warp: Warp, shape: tuple[int, int], margin: int = 2) -> tuple[int, int, int, int]:
+    """The source rectangle (x1, y1, x2, y2) an affine warp reads, bilinear neighbours included, within shape."""
+    w, h = warp.size
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], float)
+    src = corners @ np.linalg.inv(warp.M).T
+    (x1, y1), (x2, y2) = np.floor(src[:, :2].min(0)) - margin, np.ceil(src[:, :2].max(0)) + margin + 1
+    x1, x2 = int(np.clip(x1, 0, shape[1])), int(np.clip(x2, 0, shape[1]))
+    y1, y2 = int(np.clip(y1, 0, shape[0])), int(np.clip(y2, 0, shape[0]))
+    return x1, y1, max(x1, x2), max(y1, y2)
+
+
+def apply_warp(im: np.ndarray, warp: Warp) -> np.ndarray:
+    """Warp a BGR or BGRA image (returned with the same channels); only the pixels in source_roi are read."""
+    # 4-channel warps give identical pixels and are ~1.7x faster in OpenCV (SIMD path), so warp BGRA.
+    im4 = cv2.cvtColor(im, cv2.COLOR_BGR2BGRA) if im.shape[2] == 3 else im
+    if warp.perspective:
+        out = cv2.warpPerspective(im4, warp.M, dsize=warp.size, borderValue=PAD_COLOR4)
+    else:
+        out = cv2.warpAffine(im4, warp.M[:2], dsize=warp.size, borderValue=PAD_COLOR4)
+    return to_bgr(out) if im.shape[2] == 3 else out
+
+
+def warp_targets(
+    targets: np.ndarray,
+    segments: Sequence[np.ndarray],
+    warp: Warp,
+    wh_thr: float = 2,
+    ar_thr: float = 100,
+    area_thr: float = 0.1,
+    area_thr_segments: float = 0.01,
+) -> np.ndarray:
+    """Move pixel-xyxy targets through the warp and keep the box candidates.
+
+    Boxes come from the warped corners, or from the polygons resampled to 1000 points when ``segments`` match
+    the targets (then ``area_thr_segments`` applies).
+    """
+    n = len(targets)
+    if not n:
+        return targets
+    M, (width, height) = warp.M, warp.size
+    use_segments = len(segments) == n
+    if use_segments:
+        pts = resample_segments(segments)
+        xy = pts @ M[:2, :2].T + M[:2, 2]
+        if warp.perspective:
+            xy = xy / (pts @ M[2, :2] + M[2, 2])[..., None]
+        new = _segment_boxes(xy, width, height)
+    else:
+        corners = targets[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)
+        xy = corners @ M[:2, :2].T + M[:2, 2]
+        if warp.perspective:
+            xy = xy / (corners @ M[2, :2] + M[2, 2])[:, None]
+        xy = xy.reshape(n, 4, 2)
+        new = np.concatenate((xy.min(1), xy.max(1)), 1)
+        new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
+        new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
+    thr = area_thr_segments if use_segments else area_thr
+    keep = box_candidates(targets[:, 1:5].T * warp.scale, new.T, wh_thr=wh_thr, ar_thr=ar_thr, area_thr=thr)
+    targets = targets[keep]
+    targets[:, 1:5] = new[keep]
+    return targets
 
 
 def random_perspective(
@@ -153,66 +255,14 @@ def random_perspective(
     """Random rotation/scale/shear/translation/perspective (M = T S R P C); returns (image, kept targets).
 
     Own code: albumentations' Affine/Perspective draw a different matrix and have no YOLOv5 candidate filter.
-    Output size is the input size plus ``2 * border`` (h, w), with the input's channels (BGR or BGRA); boxes come
-    from the warped corners, or from the polygons resampled to 1000 points when ``segments`` match the targets.
+    Output size is the input size plus ``2 * border`` (h, w), with the input's channels (BGR or BGRA). The image
+    is left as it is when the border is 0 and M is the identity.
     """
     rng = rng if rng is not None else np.random.default_rng()
-    height, width = im.shape[0] + border[0] * 2, im.shape[1] + border[1] * 2
-
-    C = np.eye(3)
-    C[0, 2], C[1, 2] = -im.shape[1] / 2, -im.shape[0] / 2
-    P = np.eye(3)
-    P[2, 0], P[2, 1] = rng.uniform(-perspective, perspective, 2)
-    R = np.eye(3)
-    a = rng.uniform(-degrees, degrees)
-    s = rng.uniform(1 - scale, 1 + scale)
-    R[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=a, scale=s)
-    S = np.eye(3)
-    S[0, 1], S[1, 0] = np.tan(rng.uniform(-shear, shear, 2) * math.pi / 180)
-    T = np.eye(3)
-    T[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * width
-    T[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * height
-    M = T @ S @ R @ P @ C
-
-    if border[0] or border[1] or (M != np.eye(3)).any():
-        # 4-channel warps give identical pixels and are ~1.7x faster in OpenCV (SIMD path), so warp BGRA.
-        im4 = cv2.cvtColor(im, cv2.COLOR_BGR2BGRA) if im.shape[2] == 3 else im
-        if perspective:
-            out = cv2.warpPerspective(im4, M, dsize=(width, height), borderValue=PAD_COLOR4)
-        else:
-            out = cv2.warpAffine(im4, M[:2], dsize=(width, height), borderValue=PAD_COLOR4)
-        im = to_bgr(out) if im.shape[2] == 3 else out
-
-    n = len(targets)
-    if not n:
-        return im, targets
-    use_segments = len(segments) == n and n > 0
-    if use_segments:
-        pts = resample_segments(segments)
-        xy = pts @ M[:2, :2].T + M[:2, 2]
-        if perspective:
-            z = pts @ M[2, :2] + M[2, 2]
-            xy = xy / z[..., None]
-        new = _segment_boxes(xy, width, height)
-    else:
-        corners = targets[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)
-        xy = corners @ M[:2, :2].T + M[:2, 2]
-        if perspective:
-            xy = xy / (corners @ M[2, :2] + M[2, 2])[:, None]
-        xy = xy.reshape(n, 4, 2)
-        new = np.concatenate((xy.min(1), xy.max(1)), 1)
-        new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
-        new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
-    keep = box_candidates(
-        targets[:, 1:5].T * s,
-        new.T,
-        wh_thr=wh_thr,
-        ar_thr=ar_thr,
-        area_thr=area_thr_segments if use_segments else area_thr,
-    )
-    targets = targets[keep]
-    targets[:, 1:5] = new[keep]
-    return im, targets
+    warp = draw_warp(im.shape[:2], rng, degrees, translate, scale, shear, perspective, border)
+    if border[0] or border[1] or (warp.M != np.eye(3)).any():
+        im = apply_warp(im, warp)
+    return im, warp_targets(targets, segments, warp, wh_thr, ar_thr, area_thr, area_thr_segments)
 
 
 def mixup(
@@ -287,9 +337,10 @@ def flip_lr(im: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 class AlbumentationsExtras:
     """YOLOv5's albumentations stage: each transform fires with its own ``p``, seeded from the sample's rng.
 
-    ``transforms`` are albumentations transforms or ``{_target_: albumentations.X, ...}`` mappings. Transforms with
-    p = 0 are dropped. When all are pixel-level, each one is called directly on the image (boxes cannot change,
-    so the bbox bookkeeping of ``Compose`` is skipped); otherwise a ``Compose`` with yolo-format boxes runs.
+    ``transforms`` are albumentations transforms or ``{_target_: albumentations.X, ...}`` mappings.
+    Transforms with p = 0 are dropped. When all are pixel-level, each one is called directly on the image
+    (boxes cannot change, so the bbox bookkeeping of ``Compose`` is skipped); otherwise a ``Compose`` with
+    yolo-format boxes runs.
     """
 
     def __init__(self, transforms: Sequence[Any] | None):
@@ -310,9 +361,7 @@ class AlbumentationsExtras:
     def __repr__(self) -> str:
         return f"AlbumentationsExtras({', '.join(f'{type(t).__name__}(p={t.p})' for t in self.transforms)})"
 
-    def __call__(
-        self, im: np.ndarray, labels: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, im: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Apply to a BGR(A) image and (n, 5) normalised [cls, x, y, w, h] labels; returns (image, labels).
 
         The image comes back unchanged (possibly BGRA) when no transform fires, else as BGR."""
@@ -340,9 +389,7 @@ def _build_transform(t: Any) -> Any:
     if not isinstance(t, Mapping):
         return t
     if "_target_" not in t:
-        raise ValueError(
-            f"albumentations entry {dict(t)} has no _target_ (e.g. _target_: albumentations.Blur)"
-        )
+        raise ValueError(f"albumentations entry {dict(t)} has no _target_ (e.g. _target_: albumentations.Blur)")
     from hydra.utils import instantiate
 
     try:

@@ -22,16 +22,19 @@ from detector.data.sampler import EpochSampler
 log = logging.getLogger(__name__)
 
 
-def _worker_init(_: int) -> None:
-    cv2.setNumThreads(0)  # no OpenCV threads in loader processes (the workers use the cores; 1 deadlocks after fork)
+def init_loader_worker(_: int) -> None:
+    """DataLoader worker_init_fn."""
+    # No OpenCV threads inside loader processes: the workers already use the cores, and setNumThreads(1) after
+    # fork deadlocks (measured with OpenCV 5.0).
+    cv2.setNumThreads(0)
 
 
 class DetectorDataModule(L.LightningDataModule):
     """Train/val loaders of a YOLOv5 dataset, as YOLOv5's ``create_dataloader`` builds them.
 
-    ``batch_size`` is the total over devices; each device gets ``batch_size // world_size``; val uses twice that,
-    rect batches with pad 0.5 and no augmentation. ``augment`` is the conf/augment node (mosaic9, mixup_beta,
-    box-candidate thresholds, albumentations list). The dataset reports go to ``report_dir``.
+    ``batch_size`` is the total over devices; each device gets ``batch_size // world_size``; val uses twice
+    that, rect batches with pad 0.5 and no augmentation. ``augment`` is the conf/augment node (mosaic9,
+    mixup_beta, box-candidate thresholds, albumentations list). The dataset reports go to ``report_dir``.
     """
 
     def __init__(
@@ -112,48 +115,40 @@ class DetectorDataModule(L.LightningDataModule):
             self._labels(split)
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the train and val datasets (labels from the caches) and save the dataset reports."""
-        if self.train_dataset is not None and self.val_dataset is not None:
-            return
+        """Build the datasets the stage needs (train + val for fit, else val) and save their reports."""
         world, rank, _ = self._world()
-        batch = self.batch_size // world
-        if batch < 1:
+        self._train_batch = self.batch_size // world
+        if self._train_batch < 1:
             raise ValueError(f"batch_size {self.batch_size} is smaller than the world size {world}")
+        self._val_batch = self._train_batch * 2
+        if self.train_dataset is None and stage in (None, "fit"):
+            self.train_dataset = self._build("train", rank, augment=True, batch=self._train_batch * world)
+        if self.val_dataset is None:
+            self.val_dataset = self._build("val", rank, augment=False, batch=self._val_batch)
+
+    def _build(self, split: str, rank: int, augment: bool, batch: int) -> YoloDataset:
+        labels = self._labels(split)
+        if self.report_dir is not None and rank == 0:  # load_labels has logged the report
+            path = labels.report.save(self.report_dir / f"dataset_{split}.txt")
+            log.info("%s dataset report saved to %s", split, path)
         a = self.augment
         box_args = {k: a[k] for k in ("wh_thr", "ar_thr", "area_thr", "area_thr_segments") if k in a}
-        extras = AlbumentationsExtras(a.get("albumentations"))
         common = dict(imgsz=self.imgsz, hyp=self.hyp, stride=self.stride, seed=self.seed, epochs=self.epochs,
-                      names=self.names, workers=self.workers, **box_args)  # fmt: skip
-        train_set, val_set = self._labels("train"), self._labels("val")
-        for split, ls in (("train", train_set), ("val", val_set)):
-            for line in (ls.report.summary(), *ls.report.lines()):
-                log.info("%s: %s", split, line)
-            if self.report_dir is not None and rank == 0:
-                ls.report.save(self.report_dir / f"dataset_{split}.txt")
-        self.train_dataset = YoloDataset(
-            train_set,
-            batch_size=batch * world,  # rect groups span one batch of every rank (see EpochSampler)
+                      names=self.names, workers=self.workers, cache=self.cache,
+                      cache_dir=self._npy_cache_dir(labels), **box_args)  # fmt: skip
+        if not augment:
+            return YoloDataset(labels, batch_size=batch, augment=False, rect=True, pad=self.val_pad, **common)
+        return YoloDataset(
+            labels,
+            batch_size=batch,  # rect groups span one batch of every rank (see EpochSampler)
             augment=True,
             rect=self.rect,
             close_mosaic=self.close_mosaic,
             mosaic9=bool(a.get("mosaic9", False)),
             mixup_beta=float(a.get("mixup_beta", 32.0)),
-            albumentations=extras,
-            cache=self.cache,
-            cache_dir=self._npy_cache_dir(train_set),
+            albumentations=AlbumentationsExtras(a.get("albumentations")),
             **common,
         )
-        self.val_dataset = YoloDataset(
-            val_set,
-            batch_size=batch * 2,
-            augment=False,
-            rect=True,
-            pad=self.val_pad,
-            cache=self.cache,
-            cache_dir=self._npy_cache_dir(val_set),
-            **common,
-        )
-        self._train_batch, self._val_batch = batch, batch * 2
 
     def _npy_cache_dir(self, ls: LabelSet) -> Path | None:
         """``<labels dir>.npy-cache`` beside the label cache: the disk cache never writes into the dataset."""
@@ -173,7 +168,7 @@ class DetectorDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             collate_fn=YoloDataset.collate_fn,
             persistent_workers=nw > 0,
-            worker_init_fn=_worker_init if nw > 0 else None,
+            worker_init_fn=init_loader_worker if nw > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,4 +1,4 @@
-"""The YOLO training/validation dataset: YOLOv5's sample pipeline as a pure function of (seed, epoch, index)."""
+"""The YOLO train/val dataset: YOLOv5's sample pipeline as a pure function of (seed, epoch, index)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,17 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 from detector.boxes import xywhn2xyxy, xyxy2xywhn
 from detector.data.augment import (
     AlbumentationsExtras,
+    apply_warp,
     augment_hsv,
     copy_paste,
+    draw_warp,
     flip_lr,
     flip_ud,
     letterbox,
     mixup,
     random_perspective,
+    source_roi,
+    warp_targets,
 )
 from detector.data.image_cache import ImageLoader, Reader
 from detector.data.mosaic import mosaic4, mosaic9
@@ -47,7 +51,7 @@ Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]]
 
 
 def rect_batch_shapes(wh: np.ndarray, batch_size: int, imgsz: int, stride: int, pad: float) -> np.ndarray:
-    """YOLOv5 rect shapes (h, w) per batch for images already sorted by aspect ratio h/w; wh is (n, 2) (w, h)."""
+    """YOLOv5 rect shapes (h, w) per batch of images sorted by aspect ratio h/w; wh is (n, 2) (w, h)."""
     ar = wh[:, 1] / wh[:, 0]
     bi = np.arange(len(ar)) // batch_size
     factors = np.ones((int(bi[-1]) + 1, 2))
@@ -74,8 +78,8 @@ class YoloDataset(Dataset):
 
     ``labelset`` has ``im_files``, ``labels`` (list of (n, 5) ``[cls, x, y, w, h]`` normalised), ``shapes``
     ((n, 2) (w, h)) and ``segments`` (per image, a list of normalised (k, 2) polygons). Items are
-    ``(index, epoch)`` tuples from EpochSampler or plain ints (epoch 0); each sample draws all its randomness from
-    ``np.random.default_rng([seed, epoch, index])``.
+    ``(index, epoch)`` tuples from EpochSampler or plain ints (epoch 0); each sample draws all its randomness
+    from ``np.random.default_rng([seed, epoch, index])``.
     """
 
     def __init__(
@@ -113,16 +117,12 @@ class YoloDataset(Dataset):
         self.close_mosaic = int(close_mosaic)
         self.mosaic9 = bool(mosaic9)
         self.mixup_beta = float(mixup_beta)
-        self.box_args = dict(
-            wh_thr=wh_thr, ar_thr=ar_thr, area_thr=area_thr, area_thr_segments=area_thr_segments
-        )
+        self.box_args = dict(wh_thr=wh_thr, ar_thr=ar_thr, area_thr=area_thr, area_thr_segments=area_thr_segments)
         self.hyp = dict(hyp or {})
         if self.augment:
             missing = [k for k in AUGMENT_HYP_KEYS if k not in self.hyp]
             if missing:
-                raise KeyError(
-                    f"hyp is missing augmentation keys {missing} (YOLOv5 hyp files define all of them)"
-                )
+                raise KeyError(f"hyp is missing augmentation keys {missing} (YOLOv5 hyp files define all of them)")
         self.names = dict(names) if names is not None else {}
 
         self.im_files = [str(f) for f in labelset.im_files]
@@ -150,7 +150,8 @@ class YoloDataset(Dataset):
             self.albumentations = albumentations
         else:
             self.albumentations = AlbumentationsExtras(albumentations)
-        if self.augment and self.hyp["copy_paste"] > 0 and not any(self.segments):
+        self.has_polygons = any(self.segments)
+        if self.augment and self.hyp["copy_paste"] > 0 and not self.has_polygons:
             log.warning(
                 "copy_paste=%s needs polygon labels; this dataset has boxes only, so it is skipped",
                 self.hyp["copy_paste"],
@@ -171,7 +172,7 @@ class YoloDataset(Dataset):
         return self.n
 
     def mosaic_active(self, epoch: int) -> bool:
-        """Whether mosaic may run at this epoch: augmenting, not rect, and before the last close_mosaic epochs."""
+        """Whether mosaic may run at this epoch: augmenting, not rect, before the last close_mosaic epochs."""
         return self.mosaic and not (self.close_mosaic > 0 and epoch >= self.epochs - self.close_mosaic)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str, Shapes]:
@@ -185,9 +186,7 @@ class YoloDataset(Dataset):
                 img, labels = mixup(img, labels, img2, labels2, rng, self.mixup_beta)
             shapes = None
         else:
-            shape = (
-                tuple(int(x) for x in self.batch_shapes[self.batch_index[index]]) if self.rect else self.imgsz
-            )
+            shape = tuple(int(x) for x in self.batch_shapes[self.batch_index[index]]) if self.rect else self.imgsz
             index, img, (h0, w0), (h, w) = self._load(index)
             img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
             shapes = (h0, w0), ((h / h0, w / w0), pad)
@@ -208,10 +207,9 @@ class YoloDataset(Dataset):
             if rng.random() < hyp["fliplr"]:
                 img, labels = flip_lr(img, labels)
 
-        labels_out = torch.zeros((len(labels), 6))
-        if len(labels):
-            labels_out[:, 1:] = torch.from_numpy(np.asarray(labels, np.float32))
-        return torch.from_numpy(to_chw_rgb(img)), labels_out, self.im_files[index], shapes
+        labels_out = np.zeros((len(labels), 6), np.float32)
+        labels_out[:, 1:] = labels
+        return torch.from_numpy(to_chw_rgb(img)), torch.from_numpy(labels_out), self.im_files[index], shapes
 
     def _warp_args(self) -> dict[str, Any]:
         h = self.hyp
@@ -219,13 +217,21 @@ class YoloDataset(Dataset):
         return {**{k: h[k] for k in keys}, **self.box_args}
 
     def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        build = mosaic9 if self.mosaic9 else mosaic4
-        img, labels, segments = build(self._load_for_mosaic, index, self.n, self.imgsz, rng)
-        if self.hyp["copy_paste"] > 0 and len(segments) == len(labels):  # polygons for every label
-            img, labels, segments = copy_paste(img, labels, segments, self.hyp["copy_paste"], rng)
-        return random_perspective(
-            img, labels, segments, border=self.mosaic_border, rng=rng, **self._warp_args()
-        )
+        """Mosaic, copy-paste and the perspective warp that crops the 2s canvas to s x s."""
+        s, cp = self.imgsz, self.hyp["copy_paste"]
+        h = self.hyp
+        warp = draw_warp((2 * s, 2 * s), rng, h["degrees"], h["translate"], h["scale"], h["shear"],
+                         h["perspective"], self.mosaic_border)  # fmt: skip
+        if self.mosaic9:
+            img, labels, segments = mosaic9(self._load_for_mosaic, index, self.n, s, rng)
+        else:  # fill only the canvas part the warp reads, unless copy-paste mirrors the whole canvas
+            full = (cp > 0 and self.has_polygons) or warp.perspective
+            roi = None if full else source_roi(warp, (2 * s, 2 * s))
+            img, labels, segments = mosaic4(self._load_for_mosaic, index, self.n, s, rng, roi)
+        if cp > 0 and len(segments) == len(labels):  # polygons for every label
+            img, labels, segments = copy_paste(img, labels, segments, cp, rng)
+        img = apply_warp(img, warp)
+        return img, warp_targets(labels, segments, warp, **self.box_args)
 
     def _load_for_mosaic(self, i: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         i, img, _, _ = self._load(i)
@@ -248,8 +254,8 @@ class YoloDataset(Dataset):
     def collate_fn(
         batch: Sequence[tuple[torch.Tensor, torch.Tensor, str, Shapes]],
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], tuple[Shapes, ...]]:
-        """Stack images (B, 3, H, W) and concatenate targets (N, 6) with the image's batch index in column 0."""
-        imgs, labels, paths, shapes = zip(*batch)
+        """Stack images (B, 3, H, W); concatenate targets (N, 6) with each image's batch index in column 0."""
+        imgs, labels, paths, shapes = zip(*batch, strict=True)
         for i, lb in enumerate(labels):
             lb[:, 0] = i
         return stack_images(imgs), torch.cat(labels, 0), paths, shapes

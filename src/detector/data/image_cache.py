@@ -39,8 +39,8 @@ def available_ram() -> int | None:
 
 
 def resize_long_side(im: np.ndarray, imgsz: int, augment: bool) -> np.ndarray:
-    """Resize so that the long side is ``imgsz`` (short side rounded up): linear when augmenting or upsampling,
-    area otherwise (as YOLOv5's load_image)."""
+    """Resize so that the long side is ``imgsz`` (short side rounded up): linear when augmenting or
+    upsampling, area otherwise (as YOLOv5's load_image)."""
     h0, w0 = im.shape[:2]
     r = imgsz / max(h0, w0)
     if r == 1:
@@ -51,7 +51,7 @@ def resize_long_side(im: np.ndarray, imgsz: int, augment: bool) -> np.ndarray:
 
 
 def disk_cache_path(cache_dir: Path, im_file: str) -> Path:
-    """The .npy file of one image in the disk cache (its stem plus a hash of the full path, so names never clash)."""
+    """The .npy file of one image in the disk cache: its stem plus a hash of its full path (no clashes)."""
     digest = hashlib.md5(str(im_file).encode()).hexdigest()[:10]
     return Path(cache_dir) / f"{Path(im_file).stem}_{digest}.npy"
 
@@ -59,8 +59,8 @@ def disk_cache_path(cache_dir: Path, im_file: str) -> Path:
 class ImageLoader:
     """Loads image ``i`` as (resized BGR image, (h0, w0), (h, w)); None for the image when it cannot be read.
 
-    ``cache``: None, ``'ram'`` or ``'disk'`` (``cache_dir`` required). RAM caching falls back to no caching, with a
-    warning, when the estimated need (30 sampled images, x ``ram_margin``) exceeds the available memory.
+    ``cache``: None, ``'ram'`` or ``'disk'`` (``cache_dir`` required). RAM caching falls back to no caching,
+    with a warning, when the estimated need (30 sampled images, x ``ram_margin``) exceeds available memory.
     """
 
     def __init__(
@@ -148,9 +148,7 @@ class ImageLoader:
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            log.warning(
-                "cache=disk: cannot create %s (%s); images are read from their files", self.cache_dir, e
-            )
+            log.warning("cache=disk: cannot create %s (%s); images are read from their files", self.cache_dir, e)
             return
         paths = [disk_cache_path(self.cache_dir, f) for f in self.im_files]
 
@@ -169,9 +167,7 @@ class ImageLoader:
             with ThreadPoolExecutor(max(1, workers)) as pool:
                 done = sum(pool.map(write, range(len(paths))))
         except OSError as e:
-            log.warning(
-                "cache=disk: cannot write to %s (%s); images are read from their files", self.cache_dir, e
-            )
+            log.warning("cache=disk: cannot write to %s (%s); images are read from their files", self.cache_dir, e)
             return
         self.npy = paths
         log.info("cache=disk: %d decoded images as .npy in %s", done, self.cache_dir)

@@ -1,8 +1,10 @@
 """Mosaic placement: 4 (or 9) training images tiled on a grey canvas with their labels moved along.
 
 Own code: albumentations has no multi-image mosaic. The result is a 2s x 2s canvas; the dataset then applies
-copy-paste and ``random_perspective(border=(-s // 2, -s // 2))``, which crops it to s x s as YOLOv5 does.
-The canvas is BGRA (alpha unused): OpenCV warps 4-channel images faster, with identical colour values.
+copy-paste and the ``random_perspective`` warp with border ``(-s // 2, -s // 2)``, which crops it to s x s as
+YOLOv5 does. The canvas is BGRA (alpha unused): OpenCV warps 4-channel images faster, with identical colour
+values. ``mosaic4`` can fill only the part of the canvas that the warp reads (``roi``; the rest is left
+uninitialised): the same output pixels for a third of the filling and copying on average.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ Loader = Callable[[int], tuple[np.ndarray, np.ndarray, list[np.ndarray]]]
 Mosaic = tuple[np.ndarray, np.ndarray, list[np.ndarray]]
 
 
-def _paste(canvas: np.ndarray, im: np.ndarray, ox: int, oy: int) -> tuple[int, int, int, int]:
-    """Copy BGR im into the BGRA canvas with its top-left corner at (ox, oy), cropped to the canvas.
+def _paste(
+    canvas: np.ndarray, im: np.ndarray, ox: int, oy: int, clip: tuple[int, int, int, int]
+) -> tuple[int, int, int, int]:
+    """Copy BGR im into the BGRA canvas with its top-left corner at (ox, oy), cropped to ``clip`` (x1, y1, x2, y2).
 
-    Returns the canvas rectangle written (x1, y1, x2, y2); converting straight into the canvas saves a copy.
+    Returns the canvas rectangle written; converting straight into the canvas saves a copy.
     """
-    H, W = canvas.shape[:2]
     h, w = im.shape[:2]
-    x1, y1, x2, y2 = max(ox, 0), max(oy, 0), min(ox + w, W), min(oy + h, H)
+    x1, y1, x2, y2 = max(ox, clip[0]), max(oy, clip[1]), min(ox + w, clip[2]), min(oy + h, clip[3])
     if x2 > x1 and y2 > y1:
         src = im[y1 - oy : y2 - oy, x1 - ox : x2 - ox]
         if im.shape[2] == 3:
@@ -36,10 +39,23 @@ def _paste(canvas: np.ndarray, im: np.ndarray, ox: int, oy: int) -> tuple[int, i
     return x1, y1, max(x1, x2), max(y1, y2)
 
 
-def _fill_around(canvas: np.ndarray, region: tuple[int, int, int, int], tile: tuple[int, int, int, int]) -> None:
-    """Fill region (x1, y1, x2, y2) of the canvas with grey 114 except the tile rectangle inside it."""
-    rx1, ry1, rx2, ry2 = region
-    tx1, ty1, tx2, ty2 = tile
+def _fill_around(
+    canvas: np.ndarray,
+    region: tuple[int, int, int, int],
+    tile: tuple[int, int, int, int],
+    clip: tuple[int, int, int, int],
+) -> None:
+    """Fill region (x1, y1, x2, y2) of the canvas, cropped to ``clip``, with grey 114 except where the tile
+    rectangle is."""
+    rx1, ry1 = max(region[0], clip[0]), max(region[1], clip[1])
+    rx2, ry2 = min(region[2], clip[2]), min(region[3], clip[3])
+    if rx2 <= rx1 or ry2 <= ry1:
+        return
+    tx1, tx2 = min(max(tile[0], rx1), rx2), min(max(tile[2], rx1), rx2)
+    ty1, ty2 = min(max(tile[1], ry1), ry2), min(max(tile[3], ry1), ry2)
+    if tx2 <= tx1 or ty2 <= ty1:  # the tile misses the region
+        tx1 = tx2 = rx1
+        ty1 = ty2 = ry1
     canvas[ry1:ty1, rx1:rx2] = 114  # above
     canvas[ty2:ry2, rx1:rx2] = 114  # below
     canvas[ty1:ty2, rx1:tx1] = 114  # left
@@ -47,11 +63,17 @@ def _fill_around(canvas: np.ndarray, region: tuple[int, int, int, int], tile: tu
 
 
 def _place(
-    canvas: np.ndarray, im: np.ndarray, labels: np.ndarray, segments: list[np.ndarray], ox: int, oy: int
+    canvas: np.ndarray,
+    im: np.ndarray,
+    labels: np.ndarray,
+    segments: list[np.ndarray],
+    ox: int,
+    oy: int,
+    clip: tuple[int, int, int, int] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray], tuple[int, int, int, int]]:
-    """Paste one image; return its labels as pixel xyxy, its polygons in pixels (shifted by (ox, oy)) and the
-    canvas rectangle it covers."""
-    rect = _paste(canvas, im, ox, oy)
+    """Paste one image at (ox, oy) (cropped to ``clip``, default the canvas); return its labels as pixel xyxy,
+    its polygons in pixels and the canvas rectangle written."""
+    rect = _paste(canvas, im, ox, oy, clip or (0, 0, canvas.shape[1], canvas.shape[0]))
     h, w = im.shape[:2]
     out = labels.astype(np.float32, copy=True)
     if len(out):
@@ -65,15 +87,19 @@ def _finish(labels: list[np.ndarray], segments: list[np.ndarray], size: int) -> 
     return out, [s.clip(0, size) for s in segments]
 
 
-def mosaic4(load: Loader, index: int, n: int, s: int, rng: np.random.Generator) -> Mosaic:
+def mosaic4(
+    load: Loader, index: int, n: int, s: int, rng: np.random.Generator, roi: tuple[int, int, int, int] | None = None
+) -> Mosaic:
     """Image ``index`` and 3 random others (shuffled) around a random centre in [s/2, 3s/2) of a 2s canvas.
 
-    Returns (BGRA canvas 2s x 2s, labels (m, 5) [cls, x1, y1, x2, y2] in canvas pixels clipped to [0, 2s], polygons).
+    Returns (BGRA canvas 2s x 2s, labels (m, 5) [cls, x1, y1, x2, y2] in canvas pixels clipped to [0, 2s],
+    polygons). With ``roi`` (x1, y1, x2, y2) only that part of the canvas is filled; the rest is uninitialised.
     """
-    lo, hi = s // 2, 2 * s - s // 2
-    xc, yc = int(rng.uniform(lo, hi)), int(rng.uniform(lo, hi))
+    lo = -((-s) // 2)  # the centre is drawn from U(-border, 2s + border) with YOLOv5's border -s // 2
+    xc, yc = int(rng.uniform(lo, 2 * s - lo)), int(rng.uniform(lo, 2 * s - lo))
     indices = [index, *rng.integers(0, n, 3).tolist()]
     rng.shuffle(indices)
+    clip = roi if roi is not None else (0, 0, 2 * s, 2 * s)
     canvas = np.empty((2 * s, 2 * s, 4), np.uint8)  # grey is filled around the tiles only
     labels, segments = [], []
     for k, i in enumerate(indices):
@@ -81,9 +107,9 @@ def mosaic4(load: Loader, index: int, n: int, s: int, rng: np.random.Generator) 
         h, w = im.shape[:2]
         left, top = k in (0, 2), k in (0, 1)  # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
         ox, oy = (xc - w if left else xc), (yc - h if top else yc)
-        lab, segs, rect = _place(canvas, im, lab, segs, ox, oy)
+        lab, segs, rect = _place(canvas, im, lab, segs, ox, oy, clip)
         quadrant = (0 if left else xc, 0 if top else yc, xc if left else 2 * s, yc if top else 2 * s)
-        _fill_around(canvas, quadrant, rect)
+        _fill_around(canvas, quadrant, rect, clip)
         labels.append(lab)
         segments += segs
     return (canvas, *_finish(labels, segments, 2 * s))

@@ -1,4 +1,7 @@
-"""YOLOv5 ``--multi-scale``: resize a whole batch to a random size in [0.5, 1.5] x imgsz, a multiple of the stride."""
+"""YOLOv5 ``--multi-scale``: resize a batch to a random size in [0.5, 1.5] x imgsz (a stride multiple).
+
+The LightningModule calls ``multi_scale`` on each training batch.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ def multi_scale(
 ) -> torch.Tensor:
     """Resize a (B, C, H, W) batch so its long side becomes a random multi-scale size (bilinear, as YOLOv5).
 
-    Each side becomes ceil(side * sf / gs) * gs with sf = size / max(H, W). Targets are normalised, so they do not
-    change. A uint8 batch is resized in float and rounded back to uint8.
+    Each side becomes ceil(side * sf / gs) * gs with sf = size / max(H, W). Targets are normalised, so they do
+    not change. A uint8 batch is resized in float and rounded back to uint8.
     """
     sf = random_size(imgsz, gs, generator) / max(imgs.shape[2:])
     if sf == 1:

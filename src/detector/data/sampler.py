@@ -10,12 +10,12 @@ from torch.utils.data import Sampler
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(index, epoch)`` for this rank's share of ``range(n)``; Lightning calls ``set_epoch`` each epoch.
+    """Yields ``(index, epoch)`` for this rank's share of ``range(n)``; Lightning calls ``set_epoch``.
 
-    With ``shuffle`` the order is a permutation seeded by ``seed + epoch`` (as DistributedSampler). The list is
-    padded to a multiple of ``world_size`` and rank r takes every world_size-th item starting at r. Padding repeats
-    the first items when shuffling and the last item otherwise, so that under DDP each rank's k-th batch of a
-    rect (unshuffled) dataset comes from one rect group of ``batch * world_size`` images.
+    With ``shuffle`` the order is a permutation seeded by ``seed + epoch`` (as DistributedSampler). The list
+    is padded to a multiple of ``world_size`` and rank r takes every world_size-th item starting at r. Padding
+    repeats the first items when shuffling and the last item otherwise, so that under DDP each rank's k-th
+    batch of a rect (unshuffled) dataset comes from one rect group of ``batch * world_size`` images.
     """
 
     def __init__(self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1):

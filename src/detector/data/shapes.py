@@ -25,7 +25,7 @@ from detector.boxes import xyxy2xywhn
 log = logging.getLogger(__name__)
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
-VERSION = 1  # bump when the generator's output changes
+VERSION = 2  # bump when the generator's output changes
 STAMP_FILE = ".shapes_stamp.json"
 SPLITS = ("train", "val")
 
@@ -137,11 +137,11 @@ def _generate_split(folder: Path, split: str, n: int, seed: int, workers: int) -
 
 def render_sample(
     rng: np.random.Generator,
-    long_side: tuple[int, int] = (160, 320),
-    max_objects: int = 6,
+    long_side: tuple[int, int] = (128, 256),
+    max_objects: int = 4,
     p_background: float = 0.05,
-    min_size: float = 8.0,
-    max_size_frac: float = 0.5,
+    min_size: float = 14.0,
+    max_size_frac: float = 0.6,
     max_occlusion: float = 0.25,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One BGR uint8 image, its labels (n, 5) [cls, x, y, w, h] normalised, and its owner map.
@@ -212,7 +212,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         g = int(rng.integers(2, 9))
         small = rng.uniform(0, 255, (g, g, 3)).astype(np.float32)
         img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    if rng.random() < 0.35:  # stripes
+    if rng.random() < 0.2:  # stripes
         t = np.deg2rad(rng.uniform(0, 180))
         period = rng.uniform(4, 40)
         s = (np.sin(_ramp(h, w, t) * np.float32(2 * np.pi / period)) > 0).astype(np.float32)[..., None]
@@ -292,9 +292,9 @@ def _shape_mask(
     return mask.astype(bool), (slice(y0, y1), slice(x0, x1))
 
 
-def _contrasting_colour(rng: np.random.Generator, under: np.ndarray, min_dist: float = 90.0) -> np.ndarray:
+def _contrasting_colour(rng: np.random.Generator, under: np.ndarray, min_dist: float = 150.0) -> np.ndarray:
     """A random colour at least `min_dist` (L1 over BGR) from the mean colour it is drawn over."""
-    for _ in range(10):
+    for _ in range(20):
         colour = rng.uniform(0, 255, 3)
         if np.abs(colour - under).sum() >= min_dist:
             return colour

@@ -41,7 +41,7 @@ def plot_labels(
 
     # box shapes, all centred, on a unit canvas
     pick = np.random.default_rng(0).permutation(len(labels))[:max_boxes]
-    for c, (_, _, w, h) in zip(cls[pick], xywh[pick]):
+    for c, (_, _, w, h) in zip(cls[pick], xywh[pick], strict=True):
         ax[1].add_patch(_rect(0.5 - w / 2, 0.5 - h / 2, w, h, _rgb(c)))
     ax[1].set(xlim=(0, 1), ylim=(1, 0), aspect="equal", title="box shapes (centred)")
     ax[1].set_xticks([])

@@ -1,0 +1,275 @@
+"""Augmentation primitives: boxes stay on their pixels, zero gains change nothing, YOLOv5's formulas hold."""
+
+import cv2
+import numpy as np
+import pytest
+
+from detector.data.augment import (
+    AlbumentationsExtras,
+    apply_warp,
+    augment_hsv,
+    box_candidates,
+    copy_paste,
+    draw_warp,
+    flip_lr,
+    flip_ud,
+    letterbox,
+    mixup,
+    random_perspective,
+    source_roi,
+    to_bgr,
+)
+from detector.data.mosaic import mosaic4, mosaic9
+
+# Colours far apart (L-inf 255) and from the grey 114 padding: blended edges never look like another colour.
+PALETTE = [
+    (0, 0, 255),
+    (0, 255, 0),
+    (255, 0, 0),
+    (0, 255, 255),
+    (255, 0, 255),
+    (255, 255, 0),
+    (255, 255, 255),
+]
+BG = (114, 114, 114)
+
+
+def scene(h, w, rects):
+    """Grey image with filled rectangles; rects are (cls, x1, y1, x2, y2) pixels (x2, y2 exclusive)."""
+    im = np.full((h, w, 3), BG, np.uint8)
+    for c, x1, y1, x2, y2 in rects:
+        im[y1:y2, x1:x2] = PALETTE[c]
+    return im, np.array(rects, np.float32).reshape(-1, 5)
+
+
+def colour_box(im, c, region=None, tol=60):
+    """Bounding box (x1, y1, x2, y2 exclusive) of the pixels of colour c, optionally inside region."""
+    ox = oy = 0
+    if region is not None:
+        x1, y1, x2, y2 = (int(round(v)) for v in region)
+        x1, y1 = max(x1 - 3, 0), max(y1 - 3, 0)
+        im, ox, oy = im[y1 : y2 + 3, x1 : x2 + 3], x1, y1
+    mask = (np.abs(im[..., :3].astype(int) - PALETTE[c]).max(-1) < tol).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+    if n < 2:
+        return None
+    j = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))  # the instance itself, not stray edge pixels
+    x, y, w, h = stats[j, :4]
+    return np.array([x + ox, y + oy, x + ox + w, y + oy + h], float)
+
+
+def assert_boxes_on_pixels(im, labels, tol=2.0):
+    """Every pixel-xyxy label bounds the largest blob of its class colour around it, within tol px."""
+    assert len(labels)
+    for c, *box in labels:
+        found = colour_box(im, int(c), box)
+        assert found is not None, f"no pixels of class {int(c)} near {box}"
+        np.testing.assert_allclose(found, box, atol=tol, err_msg=f"class {int(c)}")
+
+
+RECTS = [(0, 10, 12, 40, 30), (1, 60, 40, 90, 75), (2, 20, 50, 45, 70)]
+
+
+def test_letterbox_keeps_boxes_on_pixels_and_pads_symmetrically():
+    im, lb = scene(80, 100, RECTS)
+    out, (rw, rh), (dw, dh) = letterbox(im, 128, auto=False)
+    assert out.shape == (128, 128, 3)
+    assert rw == rh == pytest.approx(1.28)
+    assert (dw, dh) == (0, pytest.approx((128 - round(80 * 1.28)) / 2))
+    boxes = lb.copy()
+    boxes[:, [1, 3]] = lb[:, [1, 3]] * rw + dw
+    boxes[:, [2, 4]] = lb[:, [2, 4]] * rh + dh
+    assert_boxes_on_pixels(out, boxes)
+    assert (out[: int(dh) - 1] == 114).all() and (out[-int(dh) + 1 :] == 114).all()
+
+
+def test_letterbox_no_scaleup_and_rect_shape():
+    im, _ = scene(50, 60, [])
+    out, ratio, pad = letterbox(im, (64, 96), auto=False, scaleup=False)
+    assert out.shape[:2] == (64, 96) and ratio == (1.0, 1.0) and pad == (18.0, 7.0)
+    assert letterbox(im, 64, auto=True, stride=32)[0].shape[:2] == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(degrees=30),
+        dict(shear=15),
+        dict(scale=0.5),
+        dict(translate=0.2),
+        dict(perspective=0.0008),
+        dict(degrees=10, translate=0.1, scale=0.3, shear=5),
+    ],
+)
+def test_random_perspective_keeps_boxes_on_pixels(kw):
+    im, lb = scene(128, 128, [(0, 30, 30, 60, 55), (1, 70, 64, 100, 100), (3, 40, 80, 60, 110)])
+    args = dict(degrees=0.0, translate=0.0, scale=0.0, shear=0.0, perspective=0.0) | kw
+    for seed in range(6):
+        out, new = random_perspective(im, lb.copy(), rng=np.random.default_rng(seed), **args)
+        assert out.shape == im.shape
+        if len(new):
+            assert_boxes_on_pixels(out, new, tol=2.5)
+
+
+def test_random_perspective_zero_gains_is_identity():
+    im, lb = scene(96, 128, RECTS)
+    zero = dict(degrees=0, translate=0, scale=0, shear=0, perspective=0)
+    out, new = random_perspective(im, lb.copy(), rng=np.random.default_rng(0), **zero)
+    assert out is im
+    np.testing.assert_array_equal(new, lb)
+
+
+def test_random_perspective_border_crops_to_centre():
+    im, lb = scene(128, 128, [(0, 40, 40, 60, 60)])
+    zero = dict(degrees=0, translate=0, scale=0, shear=0, perspective=0)
+    out, new = random_perspective(im, lb.copy(), border=(-32, -32), rng=np.random.default_rng(0), **zero)
+    assert out.shape == (64, 64, 3)
+    np.testing.assert_allclose(new[0, 1:], [8, 8, 28, 28])
+    np.testing.assert_array_equal(out, im[32:96, 32:96])
+
+
+def test_random_perspective_bgra_matches_bgr():
+    im, lb = scene(96, 96, RECTS)
+    args = dict(degrees=12, translate=0.1, scale=0.4, shear=3, perspective=0.0)
+    a, la = random_perspective(im, lb.copy(), rng=np.random.default_rng(3), **args)
+    b, lb4 = random_perspective(cv2.cvtColor(im, cv2.COLOR_BGR2BGRA), lb.copy(), rng=np.random.default_rng(3), **args)
+    assert b.shape[2] == 4
+    np.testing.assert_array_equal(a, to_bgr(b))
+    np.testing.assert_array_equal(la, lb4)
+
+
+def test_box_candidates_thresholds():
+    before = np.array([[0, 0, 10, 10]] * 5, float).T
+    after = np.array(
+        [
+            [0, 0, 10, 10],  # unchanged: kept
+            [0, 0, 2, 10],  # width 2 px (not > wh_thr): dropped
+            [0, 0, 3, 3],  # area ratio 0.09 (< 0.1): dropped
+            [0, 0, 3.5, 3.5],  # area ratio 0.1225: kept
+            [0, 0, 300, 2.9],  # aspect ratio 103 (>= 100): dropped
+        ],
+        float,
+    ).T
+    np.testing.assert_array_equal(box_candidates(before, after), [True, False, False, True, False])
+    assert box_candidates(before, after, area_thr=0.01)[2]
+    assert box_candidates(before, after, ar_thr=200)[4] and not box_candidates(before, after, wh_thr=3)[4]
+
+
+def test_random_perspective_drops_boxes_that_shrink():
+    im, lb = scene(128, 128, [(0, 30, 30, 60, 60), (1, 100, 100, 128, 128)])
+    args = dict(degrees=0, translate=0, scale=0, shear=0, perspective=0)
+    # crop the centre: the corner box keeps a 4x4 px sliver (area 1.6% < 10%) and is dropped
+    _, new = random_perspective(im, lb.copy(), border=(-24, -24), rng=np.random.default_rng(0), **args)
+    assert new[:, 0].tolist() == [0]
+
+
+def test_augment_hsv_zero_gains_and_multiplicative_hue():
+    im, _ = scene(32, 32, RECTS)
+    assert augment_hsv(im, 0, 0, 0, np.random.default_rng(0)) is im
+    rng = np.random.default_rng(5)
+    out = augment_hsv(im, 0.5, 0.0, 0.0, rng)
+    r0 = np.random.default_rng(5).uniform(-1, 1, 3)[0] * 0.5 + 1
+    h_in = cv2.cvtColor(im, cv2.COLOR_BGR2HSV)[..., 0].astype(float)
+    h_out = cv2.cvtColor(out, cv2.COLOR_BGR2HSV)[..., 0].astype(float)
+    coloured = cv2.cvtColor(im, cv2.COLOR_BGR2HSV)[..., 1] > 0
+    np.testing.assert_allclose(h_out[coloured], np.floor((h_in[coloured] * r0) % 180), atol=1)
+    np.testing.assert_array_equal(out.max(-1), im.max(-1))  # value unchanged with vgain 0
+    bgra = augment_hsv(cv2.cvtColor(im, cv2.COLOR_BGR2BGRA), 0.5, 0, 0, np.random.default_rng(5))
+    np.testing.assert_array_equal(bgra, out)
+
+
+def test_flips_move_boxes_with_pixels():
+    h, w = 80, 96
+    im, lb = scene(h, w, RECTS)
+    xywhn = lb.copy()
+    xywhn[:, 1:] = np.c_[(lb[:, 1] + lb[:, 3]) / 2 / w, (lb[:, 2] + lb[:, 4]) / 2 / h,
+                         (lb[:, 3] - lb[:, 1]) / w, (lb[:, 4] - lb[:, 2]) / h]  # fmt: skip
+    for flip in (flip_lr, flip_ud):
+        out, new = flip(im, xywhn.copy())
+        px = new.copy()
+        px[:, 1:] = np.c_[(new[:, 1] - new[:, 3] / 2) * w, (new[:, 2] - new[:, 4] / 2) * h,
+                          (new[:, 1] + new[:, 3] / 2) * w, (new[:, 2] + new[:, 4] / 2) * h]  # fmt: skip
+        assert_boxes_on_pixels(out, px, tol=1e-3)
+
+
+def test_mixup_blends_and_concatenates():
+    a, la = scene(32, 32, [(0, 2, 2, 10, 10)])
+    b, lb = scene(32, 32, [(1, 20, 20, 30, 30)])
+    out, labels = mixup(a, la, b, lb, np.random.default_rng(1), beta=32.0)
+    r = np.random.default_rng(1).beta(32.0, 32.0)
+    np.testing.assert_array_equal(out, (a * r + b * (1 - r)).astype(np.uint8))
+    np.testing.assert_array_equal(labels, np.concatenate([la, lb]))
+    assert 0.3 < r < 0.7
+
+
+def test_copy_paste_mirrors_instances_and_their_pixels():
+    im, lb = scene(64, 64, [(0, 4, 10, 20, 30), (1, 24, 40, 40, 56)])  # the second straddles the centre
+    segs = [np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], float) for _, x1, y1, x2, y2 in lb]
+    out, labels, new_segs = copy_paste(im, lb, segs, p=1.0, rng=np.random.default_rng(0))
+    assert len(labels) == 3 and len(new_segs) == 3  # the centred one overlaps its mirror and is rejected
+    np.testing.assert_allclose(labels[2], [0, 44, 10, 60, 30])
+    assert_boxes_on_pixels(out, labels, tol=1.01)
+    same, same_labels, _ = copy_paste(im, lb, segs, p=0.0, rng=np.random.default_rng(0))
+    assert same is im and same_labels is lb
+
+
+def test_mosaic4_places_images_with_their_labels():
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(5):
+        h, w = int(rng.integers(40, 65)), int(rng.integers(40, 65))
+        x1, y1 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        im, px = scene(h, w, [(i % len(PALETTE), x1, y1, x1 + 15, y1 + 15)])
+        n = px.copy()
+        n[:, 1:] = [[(x1 + 7.5) / w, (y1 + 7.5) / h, 15 / w, 15 / h]]
+        images.append((im, n, []))
+    for seed in range(4):
+        canvas, labels, _ = mosaic4(lambda i: images[i], 0, len(images), 64, np.random.default_rng(seed))
+        assert canvas.shape == (128, 128, 4) and len(labels) == 4
+        visible = labels[(labels[:, 3] - labels[:, 1] > 3) & (labels[:, 4] - labels[:, 2] > 3)]
+        assert_boxes_on_pixels(canvas, visible, tol=0.01)
+        canvas9, labels9, _ = mosaic9(lambda i: images[i], 0, len(images), 64, np.random.default_rng(seed))
+        assert canvas9.shape == (128, 128, 4) and len(labels9) == 9
+        keep = (labels9[:, 3] - labels9[:, 1] > 3) & (labels9[:, 4] - labels9[:, 2] > 3)
+        assert_boxes_on_pixels(canvas9, labels9[keep], tol=0.01)
+
+
+def test_albumentations_extras_seeded_filtered_and_box_aware():
+    im, _ = scene(48, 48, RECTS)
+    extras = AlbumentationsExtras(
+        [{"_target_": "albumentations.Blur", "p": 1.0}, {"_target_": "albumentations.ToGray", "p": 0.0}]
+    )
+    assert [type(t).__name__ for t in extras.transforms] == ["Blur"] and extras.compose is None
+    a, _ = extras(im, np.zeros((0, 5)), np.random.default_rng(7))
+    b, _ = extras(im, np.zeros((0, 5)), np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, im)
+    assert not AlbumentationsExtras([{"_target_": "albumentations.Blur", "p": 0.0}])
+    flip = AlbumentationsExtras([{"_target_": "albumentations.HorizontalFlip", "p": 1.0}])
+    assert flip.compose is not None
+    out, labels = flip(im, np.array([[2, 0.25, 0.5, 0.2, 0.4]], np.float32), np.random.default_rng(0))
+    np.testing.assert_allclose(labels, [[2, 0.75, 0.5, 0.2, 0.4]], atol=1e-6)
+    np.testing.assert_array_equal(out, im[:, ::-1])
+    with pytest.raises(ValueError, match="_target_"):
+        AlbumentationsExtras([{"p": 0.5}])
+
+
+def test_mosaic_built_only_where_the_warp_reads_gives_identical_pixels():
+    rng = np.random.default_rng(1)
+    images = []
+    for i in range(5):
+        h, w = int(rng.integers(30, 65)), int(rng.integers(30, 65))
+        im = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        images.append((im, np.array([[i, 0.5, 0.5, 0.4, 0.4]], np.float32), []))
+    areas = []
+    for seed in range(8):
+        warp = draw_warp((128, 128), np.random.default_rng(seed), 10, 0.1, 0.5, 2, 0.0, (-32, -32))
+        full, labels_full, _ = mosaic4(lambda i: images[i], 0, 5, 64, np.random.default_rng(seed + 50))
+        roi = source_roi(warp, (128, 128))
+        part, labels_part, _ = mosaic4(lambda i: images[i], 0, 5, 64, np.random.default_rng(seed + 50), roi)
+        assert part.shape == full.shape
+        areas.append((roi[2] - roi[0]) * (roi[3] - roi[1]))
+        part[: roi[1]], part[roi[3] :], part[:, : roi[0]], part[:, roi[2] :] = 0, 255, 0, 255  # never read
+        np.testing.assert_array_equal(apply_warp(part, warp), apply_warp(full, warp))
+        np.testing.assert_array_equal(labels_part, labels_full)
+    assert min(areas) < 0.5 * 128 * 128  # most of the canvas is skipped for zoomed-in warps

@@ -1,0 +1,248 @@
+"""YoloDataset: sample pipeline end to end, determinism, close-mosaic, rect shapes, caching, bad images."""
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detector.boxes import scale_boxes, xywhn2xyxy
+from detector.data import image_cache
+from detector.data.dataset import YoloDataset, rect_batch_shapes
+from detector.data.sampler import EpochSampler
+
+PALETTE = [
+    (0, 0, 255),
+    (0, 255, 0),
+    (255, 0, 0),
+    (0, 255, 255),
+    (255, 0, 255),
+    (255, 255, 0),
+    (255, 255, 255),
+]
+HYP0 = dict.fromkeys(
+    ["hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud", "fliplr",
+     "mosaic", "mixup", "copy_paste"], 0.0)  # fmt: skip
+HYP_LOW = HYP0 | dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, translate=0.1, scale=0.5, fliplr=0.5, mosaic=1.0)
+
+
+def make_labelset(root: Path, n: int = 8, seed: int = 0, polygons: bool = False) -> SimpleNamespace:
+    """PNG images (64-160 px) with 1-2 coloured rectangles each, as a LabelSet-like object."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    files, labels, shapes, segments = [], [], [], []
+    for i in range(n):
+        h, w = int(rng.integers(64, 161)), int(rng.integers(64, 161))
+        im = np.full((h, w, 3), 114, np.uint8)
+        rows, segs = [], []
+        for k in range(1 + i % 2):
+            c = (2 * i + k) % len(PALETTE)
+            bw, bh = int(rng.integers(14, w // 3)), int(rng.integers(14, h // 3))
+            x1 = int(rng.integers(0, w // 2 - bw)) + (w // 2 if k else 0)
+            y1 = int(rng.integers(0, h - bh))
+            im[y1 : y1 + bh, x1 : x1 + bw] = PALETTE[c]
+            rows.append([c, (x1 + bw / 2) / w, (y1 + bh / 2) / h, bw / w, bh / h])
+            segs.append(np.array([[x1, y1], [x1 + bw, y1], [x1 + bw, y1 + bh], [x1, y1 + bh]], np.float32) / (w, h))
+        f = root / f"im{i}.png"
+        cv2.imwrite(str(f), im)
+        files.append(str(f))
+        labels.append(np.array(rows, np.float32))
+        shapes.append((w, h))
+        segments.append(segs if polygons else [])
+    return SimpleNamespace(im_files=files, labels=labels, shapes=np.array(shapes), segments=segments)
+
+
+def pixel_labels(img: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(HWC BGR image, labels [cls, x1, y1, x2, y2] in pixels) from a dataset sample."""
+    im = img.numpy().transpose(1, 2, 0)[..., ::-1]
+    h, w = im.shape[:2]
+    px = labels[:, 1:].numpy().copy()
+    px[:, 1:] = xywhn2xyxy(px[:, 1:], w, h)
+    return np.ascontiguousarray(im), px
+
+
+def assert_on_pixels(im, px, tol):
+    for c, x1, y1, x2, y2 in px:
+        xa, ya = max(int(x1) - 3, 0), max(int(y1) - 3, 0)
+        crop = im[ya : int(y2) + 4, xa : int(x2) + 4].astype(int)
+        mask = (np.abs(crop - PALETTE[int(c)]).max(-1) < 60).astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+        assert n > 1, f"class {int(c)}: no pixels in its box"
+        x, y, w, h = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])), :4]
+        np.testing.assert_allclose([x + xa, y + ya, x + xa + w, y + ya + h], [x1, y1, x2, y2], atol=tol)
+
+
+@pytest.fixture(scope="module")
+def labelset(tmp_path_factory):
+    return make_labelset(tmp_path_factory.mktemp("ds") / "images")
+
+
+def test_mosaic_sample_keeps_boxes_on_pixels(labelset):
+    hyp = HYP0 | dict(mosaic=1.0, translate=0.1, scale=0.5, degrees=5.0, fliplr=0.5, flipud=0.5)
+    ds = YoloDataset(labelset, imgsz=96, hyp=hyp, augment=True)
+    n_boxes = 0
+    for index in range(len(ds)):
+        img, labels, path, shapes = ds[(index, 0)]
+        assert img.shape == (3, 96, 96) and img.dtype == torch.uint8 and shapes is None
+        assert path == labelset.im_files[index]
+        im, px = pixel_labels(img, labels)
+        big = px[(px[:, 3] - px[:, 1] > 4) & (px[:, 4] - px[:, 2] > 4)]  # thin slivers are all edge
+        assert_on_pixels(im, big, tol=2.5)
+        n_boxes += len(big)
+        assert (labels[:, 0] == 0).all() and (labels[:, 2:] >= 0).all() and (labels[:, 2:] <= 1).all()
+    assert n_boxes > 10
+
+
+def test_letterbox_sample_keeps_boxes_on_pixels_with_warp(labelset):
+    hyp = HYP0 | dict(degrees=10.0, shear=3.0, scale=0.3, translate=0.1)
+    ds = YoloDataset(labelset, imgsz=128, hyp=hyp, augment=True)
+    for index in range(len(ds)):
+        img, labels, _, shapes = ds[index]
+        assert img.shape == (3, 128, 128) and shapes is not None
+        im, px = pixel_labels(img, labels)
+        assert_on_pixels(im, px[(px[:, 3] - px[:, 1] > 4) & (px[:, 4] - px[:, 2] > 4)], tol=2.5)
+
+
+def test_mixup_adds_the_second_mosaic_labels(labelset):
+    base = HYP0 | dict(mosaic=1.0)
+    plain = YoloDataset(labelset, imgsz=64, hyp=base, augment=True)
+    mixed = YoloDataset(labelset, imgsz=64, hyp=base | dict(mixup=1.0), augment=True)
+    for index in range(4):
+        a, b = plain[(index, 0)], mixed[(index, 0)]
+        assert len(b[1]) > len(a[1])
+        np.testing.assert_array_equal(b[1][: len(a[1])], a[1])  # first mosaic's labels, then the partner's
+
+
+def test_zero_gains_give_the_letterboxed_image(labelset):
+    ds = YoloDataset(labelset, imgsz=128, hyp=HYP0, augment=True, albumentations=None)
+    for index in range(len(ds)):
+        img, labels, _, ((h0, w0), (ratio, pad)) = ds[(index, 3)]
+        src = cv2.imread(labelset.im_files[index])
+        r = 128 / max(h0, w0)
+        src = cv2.resize(src, (int(np.ceil(w0 * r)), int(np.ceil(h0 * r))), interpolation=cv2.INTER_LINEAR)
+        top, left = round(pad[1] - 0.1), round(pad[0] - 0.1)
+        expected = cv2.copyMakeBorder(src, top, 128 - src.shape[0] - top, left, 128 - src.shape[1] - left,
+                                      cv2.BORDER_CONSTANT, value=(114, 114, 114))  # fmt: skip
+        np.testing.assert_array_equal(img.numpy(), expected.transpose(2, 0, 1)[::-1])
+        lb = labelset.labels[index].copy()
+        np.testing.assert_allclose(labels[:, 1].numpy(), lb[:, 0])
+
+
+def test_same_seed_epoch_index_gives_same_sample(labelset):
+    ds = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW | dict(mixup=0.5), augment=True, seed=3,
+                     albumentations=[{"_target_": "albumentations.Blur", "p": 0.5}])  # fmt: skip
+    again = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW | dict(mixup=0.5), augment=True, seed=3,
+                        albumentations=[{"_target_": "albumentations.Blur", "p": 0.5}])  # fmt: skip
+    for index in range(4):
+        a, b = ds[(index, 2)], again[(index, 2)]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        c = ds[(index, 3)]
+        assert not torch.equal(a[0], c[0])
+    assert torch.equal(ds[5][0], ds[(5, 0)][0])
+
+
+def test_loader_output_does_not_depend_on_workers(labelset):
+    ds = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, seed=1)
+
+    def batches(workers):
+        sampler = EpochSampler(len(ds), shuffle=True, seed=1)
+        sampler.set_epoch(4)
+        loader = torch.utils.data.DataLoader(ds, batch_size=3, sampler=sampler, num_workers=workers,
+                                             collate_fn=YoloDataset.collate_fn)  # fmt: skip
+        return list(loader)
+
+    for a, b in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_close_mosaic_switches_off_from_epochs_minus_n(labelset):
+    ds = YoloDataset(labelset, imgsz=64, hyp=HYP0 | dict(mosaic=1.0), augment=True, epochs=10, close_mosaic=3)
+    assert [ds.mosaic_active(e) for e in range(10)] == [True] * 7 + [False] * 3
+    assert ds[(0, 6)][3] is None and ds[(0, 7)][3] is not None
+    never = YoloDataset(labelset, imgsz=64, hyp=HYP0 | dict(mosaic=1.0), augment=True, epochs=10, close_mosaic=0)
+    assert all(never.mosaic_active(e) for e in range(12))
+    assert not YoloDataset(labelset, imgsz=64, hyp=HYP0 | dict(mosaic=1.0), augment=True, rect=True).mosaic_active(0)
+
+
+def test_rect_batch_shapes_formula(labelset):
+    wh = np.array([[100, 50], [100, 60], [50, 100], [40, 100], [100, 100]], float)  # sorted by h/w below
+    ds = YoloDataset(SimpleNamespace(im_files=[f"x{i}.jpg" for i in range(5)], labels=[np.zeros((0, 5))] * 5,
+                                     shapes=wh, segments=None),
+                     imgsz=64, batch_size=2, rect=True, pad=0.5, reader=lambda p: None)  # fmt: skip
+    ar = np.sort(wh[:, 1] / wh[:, 0])  # 0.5, 0.6, 1, 2, 2.5
+    expected = np.array([[ar[1], 1], [1, 1], [1, 1 / ar[4]]])  # landscape, mixed, portrait
+    np.testing.assert_array_equal(ds.batch_shapes, np.ceil(expected * 64 / 32 + 0.5).astype(int) * 32)
+    np.testing.assert_array_equal(ds.batch_shapes, [[64, 96], [96, 96], [96, 64]])
+    assert [Path(f).stem for f in ds.im_files] == ["x0", "x1", "x4", "x2", "x3"]
+    np.testing.assert_array_equal(rect_batch_shapes(np.array([[64, 32]]), 1, 64, 32, 0.0), [[32, 64]])
+
+
+def test_val_shapes_map_labels_back_to_original_pixels(labelset):
+    ds = YoloDataset(labelset, imgsz=96, batch_size=4, rect=True, pad=0.5, augment=False)
+    batch = YoloDataset.collate_fn([ds[i] for i in range(4)])
+    imgs, targets, paths, shapes = batch
+    assert imgs.shape[0] == 4 and (torch.tensor(imgs.shape[2:]) % 32 == 0).all()
+    for i in range(4):
+        t = targets[targets[:, 0] == i]
+        boxes = xywhn2xyxy(t[:, 2:].clone(), imgs.shape[3], imgs.shape[2])
+        native = scale_boxes(imgs.shape[2:], boxes, shapes[i][0], shapes[i][1])
+        j = labelset.im_files.index(paths[i])
+        w, h = labelset.shapes[j]
+        expected = xywhn2xyxy(torch.from_numpy(labelset.labels[j][:, 1:]), w, h)
+        torch.testing.assert_close(native, expected.float(), atol=1.0, rtol=0)
+
+
+def test_collate_writes_batch_index(labelset):
+    ds = YoloDataset(labelset, imgsz=64, hyp=HYP0, augment=True)
+    imgs, targets, paths, shapes = YoloDataset.collate_fn([ds[i] for i in range(4)])
+    assert imgs.shape == (4, 3, 64, 64) and imgs.dtype == torch.uint8 and len(paths) == len(shapes) == 4
+    counts = [len(labelset.labels[i]) for i in range(4)]
+    assert targets[:, 0].tolist() == [float(i) for i, c in enumerate(counts) for _ in range(c)]
+
+
+def test_unreadable_image_is_replaced_and_logged_once(tmp_path, caplog):
+    ls = make_labelset(tmp_path / "images", n=4)
+    Path(ls.im_files[1]).write_bytes(b"not an image")
+    ds = YoloDataset(ls, imgsz=64, hyp=HYP0, augment=True)
+    with caplog.at_level(logging.WARNING):
+        a = ds[1]
+        b = ds[1]
+    assert a[2] == ls.im_files[2] and torch.equal(a[0], b[0])
+    assert sum("cannot read image" in r.message for r in caplog.records) == 1
+
+
+def test_copy_paste_warns_once_for_boxes_and_runs_with_polygons(tmp_path, caplog):
+    boxes = make_labelset(tmp_path / "a" / "images", n=4)
+    with caplog.at_level(logging.WARNING):
+        ds = YoloDataset(boxes, imgsz=64, hyp=HYP0 | dict(copy_paste=0.5, mosaic=1.0), augment=True)
+        ds[0], ds[1]
+    assert sum("copy_paste" in r.message for r in caplog.records) == 1
+    polys = make_labelset(tmp_path / "b" / "images", n=4, polygons=True)
+    hyp = HYP0 | dict(copy_paste=1.0, mosaic=1.0)
+    with_cp = YoloDataset(polys, imgsz=64, hyp=hyp, augment=True)
+    without = YoloDataset(polys, imgsz=64, hyp=hyp | dict(copy_paste=0.0), augment=True)
+    assert sum(len(with_cp[i][1]) for i in range(4)) > sum(len(without[i][1]) for i in range(4))
+
+
+def test_ram_and_disk_cache_give_identical_samples(labelset, tmp_path, monkeypatch, caplog):
+    plain = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True)
+    ram = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, cache="ram")
+    disk = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, cache="disk", cache_dir=tmp_path / "npy")
+    assert ram.images.ram is not None and len(list((tmp_path / "npy").glob("*.npy"))) == len(labelset.im_files)
+    assert not list(Path(labelset.im_files[0]).parent.glob("*.npy"))  # nothing written into the dataset
+    for i in range(3):
+        assert torch.equal(plain[i][0], ram[i][0]) and torch.equal(plain[i][0], disk[i][0])
+    monkeypatch.setattr(image_cache, "available_ram", lambda: 1000)
+    with caplog.at_level(logging.WARNING):
+        low = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, cache="ram")
+    assert low.images.ram is None and "not caching" in caplog.text
+    with pytest.raises(ValueError, match="cache"):
+        YoloDataset(labelset, imgsz=64, cache="gpu")
+
+
+def test_missing_hyp_key_is_named(labelset):
+    with pytest.raises(KeyError, match="fliplr"):
+        YoloDataset(labelset, imgsz=64, hyp={k: v for k, v in HYP0.items() if k != "fliplr"}, augment=True)

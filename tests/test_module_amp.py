@@ -1,0 +1,49 @@
+"""The step rule under AMP: gradients are clipped after the GradScaler unscales them, as YOLOv5 does."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+
+from detector.data.config import load_data_config
+from detector.data.shapes import ensure_shapes_dataset
+from detector.train import build_datamodule, build_module
+from tests.helpers import compose_train
+
+
+def first_step_change(data_yaml, tmp_path, plugins) -> float:
+    cfg = compose_train([f"data={data_yaml}", f"run_dir={tmp_path}", "imgsz=64", "batch_size=8", "nbs=8", "workers=0"])
+    L.seed_everything(0)
+    data = load_data_config(cfg.data, cfg.datasets_dir)
+    module = build_module(cfg, data.nc, data.names)
+    before = module.model.model[0].conv.weight.detach().clone()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        plugins=plugins,
+    )
+    trainer.fit(module, datamodule=build_datamodule(cfg, data, tmp_path))
+    assert trainer.global_step == 1
+    return float((module.model.model[0].conv.weight - before).norm())
+
+
+def test_amp_step_matches_full_precision_step(tmp_path):
+    data_yaml = ensure_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=4)
+    try:
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+        amp = [MixedPrecision("16-mixed", "cpu", scaler=scaler)]
+    except Exception as e:  # pragma: no cover - torch builds without CPU fp16 autocast
+        pytest.skip(f"no CPU GradScaler: {e}")
+    fp32 = first_step_change(data_yaml, tmp_path / "fp32", [])
+    mixed = first_step_change(data_yaml, tmp_path / "amp", amp)
+    assert fp32 > 0
+    # Clipping the still-scaled gradients would shrink the AMP step by the loss scale (65536x).
+    assert mixed == pytest.approx(fp32, rel=0.2)
