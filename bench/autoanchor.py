@@ -24,9 +24,7 @@ def make_dataset(n_boxes: int, seed: int = 0, per_image: int = 5) -> tuple[list[
     log-normal aspect ratios (normalised ``[cls, x, y, w, h]`` labels and ``(w, h)`` shapes)."""
     rng = np.random.default_rng(seed)
     n_img = n_boxes // per_image
-    shapes = np.array([[640, 480], [1280, 720], [480, 640], [1024, 1024], [1920, 1080]])[
-        rng.integers(0, 5, n_img)
-    ]
+    shapes = np.array([[640, 480], [1280, 720], [480, 640], [1024, 1024], [1920, 1080]])[rng.integers(0, 5, n_img)]
     scale = rng.choice([0.02, 0.08, 0.25], size=(n_img, per_image), p=[0.5, 0.35, 0.15])
     area = scale * rng.lognormal(0.0, 0.5, (n_img, per_image))
     aspect = rng.lognormal(0.0, 0.6, (n_img, per_image))
@@ -40,9 +38,7 @@ def make_dataset(n_boxes: int, seed: int = 0, per_image: int = 5) -> tuple[list[
     return labels, shapes
 
 
-def yolov5_kmean_anchors(
-    wh0: np.ndarray, n: int, thr: float, gen: int, rng: np.random.Generator
-) -> np.ndarray:
+def yolov5_kmean_anchors(wh0: np.ndarray, n: int, thr: float, gen: int, rng: np.random.Generator) -> np.ndarray:
     """YOLOv5's algorithm as described: filter, whitened k-means, greedy (1+1) mutation over all boxes."""
     t = 1 / thr
     wh = wh0[(wh0 >= 2.0).any(1)].astype(np.float32)
@@ -59,9 +55,7 @@ def yolov5_kmean_anchors(
     for _ in range(gen):
         v = np.ones(shape)
         while (v == 1).all():
-            v = ((rng.random(shape) < mp) * rng.random() * rng.standard_normal(shape) * sigma + 1).clip(
-                0.3, 3.0
-            )
+            v = ((rng.random(shape) < mp) * rng.random() * rng.standard_normal(shape) * sigma + 1).clip(0.3, 3.0)
         kg = (k * v).clip(min=2.0)
         fg = fitness(kg)
         if fg > f:
@@ -121,10 +115,7 @@ def main() -> None:
     ref = yolov5_kmean_anchors(wh, args.n, args.thr, args.gen, np.random.default_rng(args.seed))
     t_ref = time.perf_counter() - t0
     bpr, aat = anchor_metrics(ref, wh_f, args.thr)
-    print(
-        f"yolov5 : {t_ref:7.2f} s  fitness {anchor_fitness(ref, wh_f, args.thr):.5f}  BPR {bpr:.4f}  "
-        f"aat {aat:.2f}"
-    )
+    print(f"yolov5 : {t_ref:7.2f} s  fitness {anchor_fitness(ref, wh_f, args.thr):.5f}  BPR {bpr:.4f}  aat {aat:.2f}")
     print("         anchors " + ", ".join(f"{w:.0f},{h:.0f}" for w, h in ref))
     print(f"speed-up: {t_ref / t_ours:.1f}x")
 

@@ -84,9 +84,7 @@ class AutoAnchor(L.Callback):
         self._deferred = False
         dataset = _with_labels(getattr(trainer.train_dataloader, "dataset", None))
         if dataset is None:
-            logger.warning(
-                "AutoAnchor: no training dataset with labels and shapes found; keeping the anchors"
-            )
+            logger.warning("AutoAnchor: no training dataset with labels and shapes found; keeping the anchors")
             return
         self._run(trainer, pl_module, dataset)
 
@@ -97,9 +95,7 @@ class AutoAnchor(L.Callback):
             try:
                 grid = self._compute(pl_module, dataset)
             except Exception as e:  # never stop training over anchors (YOLOv5's TryExcept)
-                logger.warning(
-                    "AutoAnchor: failed (%s: %s), continuing with the current anchors", type(e).__name__, e
-                )
+                logger.warning("AutoAnchor: failed (%s: %s), continuing with the current anchors", type(e).__name__, e)
         grid = trainer.strategy.broadcast(grid, src=0)
         if grid is None:
             return

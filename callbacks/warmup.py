@@ -123,9 +123,7 @@ class Warmup(Callback):
         path = plot_lr_schedule(self.plan(trainer, pl_module), save_dir / "lr.png")
         log.info("planned lr schedule saved to %s", path)
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
-    ) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         nb = self._nb(trainer)
         epoch = trainer.current_epoch
         ni = batch_idx + nb * epoch

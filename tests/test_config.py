@@ -57,7 +57,8 @@ def test_hyp_files_have_every_yolov5_key(name, tmp_path):
 def test_hyp_values_match_yolov5():
     load = lambda n: OmegaConf.load(Path(CONF_DIR) / "hyp" / f"{n}.yaml")  # noqa: E731
     low, med, high, voc, o365, noaug, v5 = (
-        load(n) for n in ("scratch-low", "scratch-med", "scratch-high", "VOC", "Objects365", "no-augmentation", "scratch")
+        load(n)
+        for n in ("scratch-low", "scratch-med", "scratch-high", "VOC", "Objects365", "no-augmentation", "scratch")
     )
     assert (low.lrf, low.cls, low.obj, low.scale, low.mixup) == (0.01, 0.5, 1.0, 0.5, 0.0)
     assert (med.lrf, med.cls, med.obj, med.scale, med.mixup, med.copy_paste) == (0.1, 0.3, 0.7, 0.9, 0.1, 0.0)
@@ -66,6 +67,19 @@ def test_hyp_values_match_yolov5():
     assert (o365.lr0, o365.anchor_t, o365.anchors) == (0.00258, 3.44, 3.2)
     assert noaug.mosaic == 0.0 and noaug.fliplr == 0.0 and noaug.hsv_s == 0
     assert v5.lrf == 0.2 and {k: v for k, v in v5.items() if k != "lrf"} == {k: v for k, v in low.items() if k != "lrf"}
+
+
+def test_every_trainer_flag_is_overridable(tmp_path):
+    import inspect
+
+    import lightning
+
+    owned = {"self", "logger", "callbacks", "default_root_dir", "accumulate_grad_batches", "model_registry"}
+    owned |= {"gradient_clip_val", "gradient_clip_algorithm"}
+    flags = set(inspect.signature(lightning.Trainer.__init__).parameters) - owned
+    cfg = compose_train([f"run_dir={tmp_path}", "trainer.limit_train_batches=4", "trainer.max_time=00:00:10:00"])
+    assert flags <= set(cfg.trainer), sorted(flags - set(cfg.trainer))
+    assert cfg.trainer.limit_train_batches == 4
 
 
 def test_misspelt_key_fails_naming_it(tmp_path):

@@ -38,9 +38,7 @@ def ds(tmp_path: Path) -> Path:
 
 
 def test_folder_sources_names_list(ds: Path, tmp_path: Path) -> None:
-    y = _yaml(
-        ds / "data.yaml", {"path": str(ds), "train": "images/train", "val": "images/val", "names": ["a", "b"]}
-    )
+    y = _yaml(ds / "data.yaml", {"path": str(ds), "train": "images/train", "val": "images/val", "names": ["a", "b"]})
     cfg = load_data_config(str(y), datasets_dir=tmp_path / "datasets", cwd=tmp_path)
     assert cfg.yaml_file == y.resolve()
     assert cfg.path == ds.resolve()
@@ -94,9 +92,7 @@ def test_relative_path_resolution_order(ds: Path, tmp_path: Path) -> None:
     datasets = tmp_path / "datasets"
     elsewhere = tmp_path / "somewhere" / "cfg"
     elsewhere.mkdir(parents=True)
-    y = _yaml(
-        elsewhere / "data.yaml", {"path": "ds", "train": "images/train", "val": "images/val", "names": ["x"]}
-    )
+    y = _yaml(elsewhere / "data.yaml", {"path": "ds", "train": "images/train", "val": "images/val", "names": ["x"]})
     # not under cwd, not next to the yaml -> datasets_dir
     assert load_data_config(str(y), datasets, cwd=tmp_path).path == ds.resolve()
     # next to the yaml wins over datasets_dir
@@ -119,21 +115,15 @@ def test_relative_path_resolution_order(ds: Path, tmp_path: Path) -> None:
 
 
 def test_missing_path_names_key_value_and_tried(tmp_path: Path) -> None:
-    y = _yaml(
-        tmp_path / "d.yaml", {"path": "nope", "train": "images/train", "val": "images/val", "names": ["x"]}
-    )
+    y = _yaml(tmp_path / "d.yaml", {"path": "nope", "train": "images/train", "val": "images/val", "names": ["x"]})
     with pytest.raises(FileNotFoundError) as e:
         load_data_config(str(y), tmp_path / "datasets", cwd=tmp_path)
     msg = str(e.value)
-    assert (
-        "'path: nope'" in msg and str(tmp_path / "nope") in msg and str(tmp_path / "datasets" / "nope") in msg
-    )
+    assert "'path: nope'" in msg and str(tmp_path / "nope") in msg and str(tmp_path / "datasets" / "nope") in msg
 
 
 def test_missing_train_val_and_keys(ds: Path, tmp_path: Path) -> None:
-    y = _yaml(
-        ds / "d.yaml", {"path": str(ds), "train": "images/missing", "val": "images/val", "names": ["x"]}
-    )
+    y = _yaml(ds / "d.yaml", {"path": str(ds), "train": "images/missing", "val": "images/val", "names": ["x"]})
     with pytest.raises(FileNotFoundError, match=r"'train:' entry 'images/missing' not found"):
         load_data_config(str(y), tmp_path)
     for key in ("train", "val", "names"):

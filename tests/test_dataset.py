@@ -246,3 +246,14 @@ def test_ram_and_disk_cache_give_identical_samples(labelset, tmp_path, monkeypat
 def test_missing_hyp_key_is_named(labelset):
     with pytest.raises(KeyError, match="fliplr"):
         YoloDataset(labelset, imgsz=64, hyp={k: v for k, v in HYP0.items() if k != "fliplr"}, augment=True)
+
+
+def test_threaded_batch_fetch_matches_one_by_one(labelset):
+    extras = [{"_target_": "albumentations.MedianBlur", "p": 0.5}, {"_target_": "albumentations.ToGray", "p": 0.5}]
+    ds = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, albumentations=extras, threads=4)
+    items = [(i % len(labelset.im_files), 7) for i in range(24)]
+    for _ in range(3):
+        batch = ds.__getitems__(items)
+        for item, (img, labels, path, _) in zip(items, batch, strict=True):
+            one = ds[item]
+            assert torch.equal(img, one[0]) and torch.equal(labels, one[1]) and path == one[2]

@@ -235,10 +235,7 @@ def test_cache_reused_and_invalidated(bad_ds: Path, scans: list[int]) -> None:
     # single_cls is applied after the cache: cached classes are not overwritten
     assert (load_labels(files, cache, nc=3, single_cls=True).labels[0][:, 0] == 0).all()
     assert (
-        load_labels(files, cache, nc=3).labels[fourth.im_files.index(str(bad_ds / "images" / "good1.jpg"))][
-            1, 0
-        ]
-        == 1
+        load_labels(files, cache, nc=3).labels[fourth.im_files.index(str(bad_ds / "images" / "good1.jpg"))][1, 0] == 1
     )
 
 

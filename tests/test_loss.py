@@ -104,9 +104,7 @@ def test_empty_targets():
     assert torch.isfinite(total)
 
 
-ANCHORS_1 = torch.tensor(
-    [[1.0, 1.0], [10.0, 10.0], [100.0, 100.0]]
-)  # grid units: only anchor 0 fits a 1x1 box
+ANCHORS_1 = torch.tensor([[1.0, 1.0], [10.0, 10.0], [100.0, 100.0]])  # grid units: only anchor 0 fits a 1x1 box
 
 
 def cells(lt) -> set[tuple[int, int]]:

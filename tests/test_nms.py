@@ -102,9 +102,7 @@ def test_bad_shape_is_a_clear_error():
 
 
 @pytest.mark.parametrize("max_det", [1, 30, 300])
-@pytest.mark.parametrize(
-    ("nc", "obj_scale", "multi_label"), [(20, 1.0, True), (20, 0.05, True), (5, 1.0, False)]
-)
+@pytest.mark.parametrize(("nc", "obj_scale", "multi_label"), [(20, 1.0, True), (20, 0.05, True), (5, 1.0, False)])
 def test_matches_plain_full_sort_reference(max_det, nc, obj_scale, multi_label):
     pred = _random_pred(2, 1500, nc, obj_scale, seed=max_det + nc)
     kw = dict(conf_thres=0.001, iou_thres=0.5, max_det=max_det, max_nms=4000)

@@ -95,9 +95,7 @@ def test_optimizer_steps_only_decay_group_1():
             torch.testing.assert_close(p.detach(), expected)
 
 
-@pytest.mark.parametrize(
-    "bs, acc, factor", [(8, 8, 1.0), (16, 4, 1.0), (24, 3, 1.125), (48, 1, 0.75), (128, 1, 2.0)]
-)
+@pytest.mark.parametrize("bs, acc, factor", [(8, 8, 1.0), (16, 4, 1.0), (24, 3, 1.125), (48, 1, 0.75), (128, 1, 2.0)])
 def test_accumulate_and_weight_decay_factor(bs, acc, factor):
     assert accumulate_for(bs, 64) == acc
     assert scaled_weight_decay(5e-4, bs, acc, 64) == pytest.approx(5e-4 * factor, rel=1e-12)

@@ -90,11 +90,7 @@ def test_labels_on_disk_inside_image(tmp_path: Path) -> None:
         im = read_image(str(lb).replace("/labels/", "/images/").replace(".txt", ".jpg"))
         h, w = im.shape[:2]
         xyxy = xywhn2xyxy(rows[:, 1:], w, h)
-        assert (
-            (xyxy >= -1e-3).all()
-            and (xyxy[:, [0, 2]] <= w + 1e-3).all()
-            and (xyxy[:, [1, 3]] <= h + 1e-3).all()
-        )
+        assert (xyxy >= -1e-3).all() and (xyxy[:, [0, 2]] <= w + 1e-3).all() and (xyxy[:, [1, 3]] <= h + 1e-3).all()
         assert (rows[:, 3:] > 0).all()
 
 
@@ -111,9 +107,7 @@ def test_second_call_does_not_regenerate(tmp_path: Path, monkeypatch: pytest.Mon
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
     with pytest.raises(AssertionError, match="regenerated"):  # other parameters -> a new dataset
         ensure_shapes_dataset(root, **(SMALL | {"n_train": 5}))
-    assert (
-        len(list((root / "images" / "train").glob("*.jpg"))) == 12
-    )  # the failed build left the old one intact
+    assert len(list((root / "images" / "train").glob("*.jpg"))) == 12  # the failed build left the old one intact
 
 
 def test_new_parameters_replace_old_dataset_and_clean_leftovers(tmp_path: Path) -> None:

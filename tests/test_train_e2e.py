@@ -70,6 +70,12 @@ def test_optimizer_steps_follow_yolov5_rule(tiny_data, tmp_path):
     assert expected == 7
     assert ckpt["global_step"] == expected
     assert ckpt["last_opt_step"] == 9
+    # COCO mAP (slow pycocotools) is computed at the final epoch only (val.coco=final).
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "logs" / "metrics.csv").open()))
+    coco_epochs = sorted({int(r["epoch"]) for r in rows if r.get("metrics/coco_mAP")})
+    assert coco_epochs == [epochs - 1]
 
 
 def test_resume_continues_schedule_and_step_rule(tiny_data, tmp_path):
@@ -82,3 +88,39 @@ def test_resume_continues_schedule_and_step_rule(tiny_data, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     resumed = torch.load(second / "weights" / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["epoch"] == 2 and resumed["lr_schedulers"][0]["last_epoch"] == 2
+
+
+def test_training_runs_on_the_good_files_of_a_broken_dataset(tiny_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "broken"
+    shutil.copytree(tiny_data.parent, root, ignore=shutil.ignore_patterns("*.cache"))
+    data = root / "data.yaml"
+    data.write_text(data.read_text().replace(str(tiny_data.parent), str(root)))
+    images, labels = root / "images" / "train", root / "labels" / "train"
+    files = sorted(images.glob("*.jpg"))
+    (images / "zero.jpg").write_bytes(b"")
+    (images / "text.jpg").write_text("not an image")
+    (labels / files[0].with_suffix(".txt").name).write_text("9 0.5 0.5 0.1 0.1\n")  # class >= nc
+    (labels / files[1].with_suffix(".txt").name).write_text("0 0.5 0.5 0.1\n")  # four columns
+    (labels / files[2].with_suffix(".txt").name).write_text("0 1.5 0.5 0.1 0.1\n")  # outside [0, 1]
+    (labels / files[3].with_suffix(".txt").name).write_text("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n")  # duplicate
+    (labels / files[4].with_suffix(".txt").name).unlink()  # missing label file
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.suffix in (".jpg", ".txt")}
+
+    fitness = run(tiny_cfg(data, tmp_path / "run", "epochs=1", "autoanchor=false"))
+    assert math.isfinite(fitness)
+    report = (tmp_path / "run" / "dataset_train.txt").read_text()
+    for line in (
+        "1 zero-byte image files dropped",
+        "1 files with an image extension that are not readable images dropped",
+        "1 label files with a class id >= nc, images dropped",
+        "1 label files with a wrong column count, images dropped",
+        "1 label files with coordinates outside [0, 1], images dropped",
+        "1 duplicate label rows removed (1 files)",
+        "1 missing label files (images kept as background)",
+    ):
+        assert line in report, line
+    assert len(read_results(tmp_path / "run" / "results.csv")) == 1
+    # Nothing in the user's dataset was changed.
+    assert {p: p.read_bytes() for p in before} == before

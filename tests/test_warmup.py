@@ -7,10 +7,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from detector.callbacks.warmup import Warmup
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from detector.callbacks.warmup import Warmup
 from detector.optim import (
     accumulate_for,
     build_optimizer,
@@ -112,11 +112,7 @@ def yolov5_reference(lf, nb: int, epochs: int, bias_lr: float, sgd: bool = True)
     params = [nn.Parameter(torch.zeros(1)) for _ in range(3)]
     lr0, m = HYP["lr0"], HYP["momentum"]
     groups = [{"params": [p]} for p in params]
-    opt = (
-        torch.optim.SGD(groups, lr=lr0, momentum=m, nesterov=True)
-        if sgd
-        else torch.optim.AdamW(groups, lr=lr0)
-    )
+    opt = torch.optim.SGD(groups, lr=lr0, momentum=m, nesterov=True) if sgd else torch.optim.AdamW(groups, lr=lr0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=lf)
     sched.last_epoch = -1
     nw = max(round(HYP["warmup_epochs"] * nb), 100)

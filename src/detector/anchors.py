@@ -135,8 +135,7 @@ def describe_anchors(anchors_px: np.ndarray, wh: np.ndarray, thr: float, imgsz: 
 
     pairs = ", ".join(f"{round(w)},{round(h)}" for w, h in k)
     return [
-        f"thr={t:.2f}: {mean(best > t):.4f} best possible recall, "
-        f"{mean(x > t) * len(k):.2f} anchors past thr",
+        f"thr={t:.2f}: {mean(best > t):.4f} best possible recall, {mean(x > t) * len(k):.2f} anchors past thr",
         f"n={len(k)}, img_size={imgsz}, metric_all={mean(x):.3f}/{mean(best):.3f}-mean/best, "
         f"past_thr={mean(past):.3f}-mean: {pairs}",
     ]
@@ -156,9 +155,7 @@ def spread_init(wh: np.ndarray, n: int, thr: float, min_anchor: float = 2.0) -> 
     """
     wh = np.unique(np.asarray(wh, dtype=np.float64), axis=0)  # distinct sizes: rare extremes get anchors too
     order = np.argsort(wh.prod(1), kind="stable")
-    picks = wh[order[((np.arange(n) + 0.5) / n * len(wh)).astype(int).clip(0, len(wh) - 1)]].astype(
-        np.float64
-    )
+    picks = wh[order[((np.arange(n) + 0.5) / n * len(wh)).astype(int).clip(0, len(wh) - 1)]].astype(np.float64)
     out = picks.copy()
     _, inverse, counts = np.unique(picks, axis=0, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
@@ -316,9 +313,7 @@ def kmean_anchors(
             logger.warning("AutoAnchor: %s; switching from k-means to a spread of the label sizes", e)
             k0 = spread_init(fit, n, thr, min_anchor)
     k0 = k0.clip(min=min_anchor)
-    k, _ = evolve_anchors(
-        k0, fit, thr, gen, rng, population, climbers, mutation_prob, sigma, clip_factors, min_anchor
-    )
+    k, _ = evolve_anchors(k0, fit, thr, gen, rng, population, climbers, mutation_prob, sigma, clip_factors, min_anchor)
     if anchor_fitness(k0, wh, thr) > anchor_fitness(k, wh, thr):
         k = k0  # the subsample favoured a set that is worse on all labels
     k = k[np.argsort(k.prod(1), kind="stable")].astype(np.float32)
@@ -388,9 +383,7 @@ def check_anchors(
     if a.ndim != 3 or a.shape[-1] != 2:
         raise ValueError(f"check_anchors: anchors must be (nl, na, 2), got {tuple(a.shape)}")
     if len(np.asarray(strides).reshape(-1)) != a.shape[0]:
-        raise ValueError(
-            f"check_anchors: {len(np.asarray(strides).reshape(-1))} strides for {a.shape[0]} layers"
-        )
+        raise ValueError(f"check_anchors: {len(np.asarray(strides).reshape(-1))} strides for {a.shape[0]} layers")
     nl, na = a.shape[:2]
     wh = _clean_wh(wh)
     valid = bool(np.isfinite(a).all() and (a > 0).all())
@@ -409,16 +402,12 @@ def check_anchors(
         res.messages.append("Current anchors are a good fit to dataset ✅")
         return res
     if not valid:
-        res.messages.append(
-            "Current anchors are not positive and finite (placeholders?), computing new ones..."
-        )
+        res.messages.append("Current anchors are not positive and finite (placeholders?), computing new ones...")
     elif force:
         res.messages.append("Computing new anchors (forced: hyp['anchors'] placeholders)...")
     else:
         res.messages.append("Anchors are a poor fit to dataset ⚠️, attempting to improve...")
-    new = kmean_anchors(
-        wh if wh_fit is None else wh_fit, nl * na, imgsz, thr, gen, rng, verbose=False, **search_kwargs
-    )
+    new = kmean_anchors(wh if wh_fit is None else wh_fit, nl * na, imgsz, thr, gen, rng, verbose=False, **search_kwargs)
     res.new_bpr, res.new_aat = anchor_metrics(new, wh, thr)
     if force or not valid or res.new_bpr > bpr:
         grid, flipped = order_anchors_by_stride(new.reshape(nl, na, 2), strides)

@@ -43,9 +43,7 @@ class BCEWithLogits(nn.Module):
         key = (logits.device, logits.dtype)
         if key not in self._pw:  # a host-to-device copy per call would stall the GPU queue
             self._pw[key] = torch.tensor([self.pos_weight], device=logits.device, dtype=logits.dtype)
-        return F.binary_cross_entropy_with_logits(
-            logits, target, pos_weight=self._pw[key], reduction=reduction
-        )
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self._pw[key], reduction=reduction)
 
 
 class FocalLoss(nn.Module):
@@ -107,9 +105,7 @@ def match_targets(
         (torch.ones_like(near_low[:, 0]), near_low[:, 0], near_low[:, 1], near_high[:, 0], near_high[:, 1])
     )  # (5, n)
     o, k = use.nonzero(as_tuple=True)  # offset-major order: own cell, left, up, right, down
-    offsets = (
-        torch.stack(((o == 1).float() - (o == 3).float(), (o == 2).float() - (o == 4).float()), 1) * bias
-    )
+    offsets = torch.stack(((o == 1).float() - (o == 3).float(), (o == 2).float() - (o == 4).float()), 1) * bias
 
     gxy, a, t = gxy[k], a[k], t[k]
     gij = (gxy - offsets).long()
@@ -175,18 +171,14 @@ class YoloLoss:
             for i, p in enumerate(preds)
         ]
 
-    def __call__(
-        self, preds: Sequence[torch.Tensor], targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, preds: Sequence[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(preds) != self.nl:
             raise ValueError(f"expected {self.nl} prediction levels, got {len(preds)}")
         if targets.shape[0]:
             cls = targets[:, 1]
             bad = (cls < 0) | (cls >= self.nc)
             if bad.any():
-                raise ValueError(
-                    f"target class {int(cls[bad][0])} out of range for a model with nc={self.nc}"
-                )
+                raise ValueError(f"target class {int(cls[bad][0])} out of range for a model with nc={self.nc}")
         device = preds[0].device
         zero = torch.zeros((), device=device)
         lbox, lobj, lcls = zero, zero, zero

@@ -51,9 +51,7 @@ def match_predictions(
         if lk.size > 1:
             order = np.argsort(ik)[::-1]  # IoU descending, ties in numpy's order as YOLOv5 has them
             lk, dk = lk[order], dk[order]
-            _, first = np.unique(
-                dk, return_index=True
-            )  # best label per detection; result sorted by detection
+            _, first = np.unique(dk, return_index=True)  # best label per detection; result sorted by detection
             lk, dk = lk[first], dk[first]
             _, first = np.unique(lk, return_index=True)  # first (lowest-index) detection per label
             dk = dk[first]

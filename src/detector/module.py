@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from detector.boxes import scale_boxes, xywh2xyxy
 from detector.data.multiscale import multi_scale
@@ -137,7 +138,7 @@ class DetectorModule(L.LightningModule):
         if batch_idx + 1 == self.nb:
             # YOLOv5 logs the lr of each group just before the per-epoch scheduler step, which follows the batch loop.
             for j, group in enumerate(self.optimizers().param_groups):
-                self.log(f"x/lr{j}", group["lr"], on_step=False, on_epoch=True)
+                self.log(f"x/lr{j}", group["lr"], on_step=False, on_epoch=True, batch_size=1)
             self.lr_schedulers().step()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -149,8 +150,9 @@ class DetectorModule(L.LightningModule):
     # --------------------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         coco = self.val_cfg.get("coco", "final")
-        final = self.trainer.sanity_checking is False and self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
-        self.evaluator.coco_active = coco == "always" or (coco == "final" and (final or not self.trainer.training))
+        fitting = self.trainer.state.fn == TrainerFn.FITTING
+        last_epoch = self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
+        self.evaluator.coco_active = coco == "always" or (coco == "final" and (last_epoch or not fitting))
         self.evaluator.reset()
         self._val_loss = torch.zeros(3)
         self._val_batches = 0

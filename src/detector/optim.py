@@ -22,9 +22,7 @@ log = logging.getLogger(__name__)
 OPTIMIZER_CHOICES = ("SGD", "Adam", "AdamW", "auto")
 
 # Every torch.nn class whose name contains "Norm" (BatchNorm*, SyncBatchNorm, LayerNorm, GroupNorm, ...).
-_NORM_TYPES = tuple(
-    v for k, v in vars(nn).items() if "Norm" in k and inspect.isclass(v) and issubclass(v, nn.Module)
-)
+_NORM_TYPES = tuple(v for k, v in vars(nn).items() if "Norm" in k and inspect.isclass(v) and issubclass(v, nn.Module))
 
 
 # --------------------------------------------------------------------------------------------- batch size
@@ -152,9 +150,7 @@ def _canonical_name(name: str, allow_auto: bool) -> str:
     for choice in choices:
         if str(name).lower() == choice.lower():
             return choice
-    hint = (
-        "" if allow_auto or str(name).lower() != "auto" else " (resolve 'auto' with resolve_optimizer first)"
-    )
+    hint = "" if allow_auto or str(name).lower() != "auto" else " (resolve 'auto' with resolve_optimizer first)"
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(choices)}{hint}")
 
 
@@ -305,9 +301,7 @@ def planned_schedule(
     acc = np.empty(n, dtype=np.int64)
     last = None
     for ni in range(min(nw + 1, n)):
-        last = warmup_state(
-            ni, nw, ni // nb, lf, lrs0, warmup_bias_lr, warmup_momentum, momentum, nbs, batch_size
-        )
+        last = warmup_state(ni, nw, ni // nb, lf, lrs0, warmup_bias_lr, warmup_momentum, momentum, nbs, batch_size)
         lr[ni], mom[ni], acc[ni] = last.lrs, last.momentum, last.accumulate
     if nw + 1 < n:
         # After warmup the values warmup left stay until the epoch ends, then the scheduler's lagged value.

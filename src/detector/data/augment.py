@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -348,6 +349,7 @@ class AlbumentationsExtras:
         self.transforms = [t for t in built if t.p > 0]
         self.image_only = all(isinstance(t, _albumentations().ImageOnlyTransform) for t in self.transforms)
         self.compose = None
+        self._lock = threading.Lock()  # transforms keep the rng they were given: one sample at a time
         if self.transforms and not self.image_only:
             A = _albumentations()
             self.compose = A.Compose(
@@ -357,6 +359,13 @@ class AlbumentationsExtras:
 
     def __bool__(self) -> bool:
         return bool(self.transforms)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"AlbumentationsExtras({', '.join(f'{type(t).__name__}(p={t.p})' for t in self.transforms)})"
@@ -368,11 +377,15 @@ class AlbumentationsExtras:
         if self.compose is None:
             for t in self.transforms:
                 if rng.random() < t.p:
-                    t.set_random_state(rng, random.Random(int(rng.integers(2**32))))
-                    im = t(image=to_bgr(im), force_apply=True)["image"]
+                    py_rng = random.Random(int(rng.integers(2**32)))
+                    with self._lock:
+                        t.set_random_state(rng, py_rng)
+                        im = t(image=to_bgr(im), force_apply=True)["image"]
             return im, labels
-        self.compose.set_random_state(rng, random.Random(int(rng.integers(2**32))))
-        out = self.compose(image=to_bgr(im), bboxes=labels[:, 1:5], class_labels=labels[:, 0])
+        py_rng = random.Random(int(rng.integers(2**32)))
+        with self._lock:
+            self.compose.set_random_state(rng, py_rng)
+            out = self.compose(image=to_bgr(im), bboxes=labels[:, 1:5], class_labels=labels[:, 0])
         boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
         cls = np.asarray(out["class_labels"], np.float32).reshape(-1, 1)
         return np.ascontiguousarray(out["image"]), np.concatenate((cls, boxes), 1)

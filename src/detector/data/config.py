@@ -65,9 +65,7 @@ def parse_data_yaml(yaml_file: Path, datasets_dir: Path, cwd: Path) -> DataConfi
     except yaml.YAMLError as e:
         raise ValueError(f"dataset yaml {yaml_file} is not valid YAML: {e}") from e
     if not isinstance(d, dict):
-        raise ValueError(
-            f"dataset yaml {yaml_file} must be a mapping with train/val/names keys, got {type(d)}"
-        )
+        raise ValueError(f"dataset yaml {yaml_file} must be a mapping with train/val/names keys, got {type(d)}")
     for key in ("train", "val", "names"):
         if not d.get(key):
             raise ValueError(f"dataset yaml {yaml_file}: required key '{key}:' is missing or empty")
@@ -79,9 +77,7 @@ def parse_data_yaml(yaml_file: Path, datasets_dir: Path, cwd: Path) -> DataConfi
 
     names = _parse_names(d["names"], yaml_file)
     if d.get("nc") is not None and int(d["nc"]) != len(names):
-        raise ValueError(
-            f"dataset yaml {yaml_file}: nc: {d['nc']} does not match the {len(names)} entries of names:"
-        )
+        raise ValueError(f"dataset yaml {yaml_file}: nc: {d['nc']} does not match the {len(names)} entries of names:")
 
     bases = [cwd, yaml_file.parent, datasets_dir]
     if d.get("path"):
@@ -127,18 +123,13 @@ def _parse_names(names: Any, yaml_file: Path) -> dict[int, str]:
         try:
             out = {int(k): str(v) for k, v in names.items()}
         except (TypeError, ValueError) as e:
-            raise ValueError(
-                f"dataset yaml {yaml_file}: names: keys must be integers, e.g. '2: car' ({e})"
-            ) from e
+            raise ValueError(f"dataset yaml {yaml_file}: names: keys must be integers, e.g. '2: car' ({e})") from e
         if sorted(out) != list(range(len(out))):
             raise ValueError(
-                f"dataset yaml {yaml_file}: names: keys must be 0..{len(out) - 1} with no gaps, "
-                f"got {sorted(out)}"
+                f"dataset yaml {yaml_file}: names: keys must be 0..{len(out) - 1} with no gaps, got {sorted(out)}"
             )
         return dict(sorted(out.items()))
-    raise ValueError(
-        f"dataset yaml {yaml_file}: names: must be a list or a {{id: name}} mapping, got {names!r}"
-    )
+    raise ValueError(f"dataset yaml {yaml_file}: names: must be a list or a {{id: name}} mapping, got {names!r}")
 
 
 def _as_list(value: Any) -> list[str]:

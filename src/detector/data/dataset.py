@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,7 @@ class YoloDataset(Dataset):
         mixup_beta: float = 32.0,
         reader: Reader | None = None,
         workers: int = 2,
+        threads: int = 0,
     ):
         self.imgsz = int(imgsz)
         self.augment = bool(augment)
@@ -160,6 +163,8 @@ class YoloDataset(Dataset):
             from detector.data.images import read_image as reader
         self.images = ImageLoader(self.im_files, self.imgsz, self.augment, reader, cache, cache_dir, workers)
         self._bad: set[int] = set()
+        self.threads = int(threads) if threads else min(4, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
 
     def _sort_by_aspect_ratio(self) -> None:
         order = np.argsort(self.shapes[:, 1] / self.shapes[:, 0], kind="stable")
@@ -170,6 +175,18 @@ class YoloDataset(Dataset):
 
     def __len__(self) -> int:
         return self.n
+
+    def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list:
+        """A batch of samples, computed by ``threads`` threads in the main process (OpenCV and numpy release
+        the GIL); one by one inside loader workers, which already use the cores. Same samples either way."""
+        if self.threads <= 1 or len(items) < 2 or get_worker_info() is not None:
+            return [self[i] for i in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="yolo-dataset")
+        return list(self._pool.map(self.__getitem__, items))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pool": None}
 
     def mosaic_active(self, epoch: int) -> bool:
         """Whether mosaic may run at this epoch: augmenting, not rect, before the last close_mosaic epochs."""

@@ -36,13 +36,7 @@ def read_image(path: str | Path) -> np.ndarray | None:
     if buf.size == 0:
         return None
     im = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # applies EXIF orientation, converts grey/16-bit to 8-bit BGR
-    if (
-        im is None
-        and buf.size > 4
-        and buf[0] == 0xFF
-        and buf[1] == 0xD8
-        and not (buf[-2] == 0xFF and buf[-1] == 0xD9)
-    ):
+    if im is None and buf.size > 4 and buf[0] == 0xFF and buf[1] == 0xD8 and not (buf[-2] == 0xFF and buf[-1] == 0xD9):
         # OpenCV 5 rejects a JPEG without its end marker; adding the marker in memory decodes what is there.
         im = cv2.imdecode(np.concatenate([buf, np.array([0xFF, 0xD9], np.uint8)]), cv2.IMREAD_COLOR)
     return im

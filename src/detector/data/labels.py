@@ -74,9 +74,7 @@ def default_cache_path(sources: Sequence[str | Path], label_files: Sequence[str]
     return Path(str(Path(label_files[0]).parent) + ".cache")
 
 
-def verify_image_label(
-    im_file: str, label_file: str, nc: int | None = None, repair_jpeg: bool = False
-) -> ImageCheck:
+def verify_image_label(im_file: str, label_file: str, nc: int | None = None, repair_jpeg: bool = False) -> ImageCheck:
     """Check one image and its label file; never raises for bad input (status 'corrupt' instead)."""
     notes: list[tuple[str, str, int]] = []
     try:
@@ -110,13 +108,9 @@ def _check_image(im_file: str, repair_jpeg: bool, notes: list) -> tuple[int, int
     if fmt not in IMG_FORMATS and not (fmt == "ppm" and suffix == "pfm"):
         raise _Drop("bad_format", f"image format '{fmt}' not supported (allowed: {', '.join(IMG_FORMATS)})")
     if min(shape) < MIN_IMAGE_SIDE:
-        raise _Drop(
-            "too_small", f"image size {shape[0]}x{shape[1]} px, both sides must be >= {MIN_IMAGE_SIDE}"
-        )
+        raise _Drop("too_small", f"image size {shape[0]}x{shape[1]} px, both sides must be >= {MIN_IMAGE_SIDE}")
     if orientation in SWAPPING_ORIENTATIONS:
-        notes.append(
-            ("exif_rotated", f"EXIF orientation {orientation}: size taken as {shape[0]}x{shape[1]}", 0)
-        )
+        notes.append(("exif_rotated", f"EXIF orientation {orientation}: size taken as {shape[0]}x{shape[1]}", 0))
     if fmt == "jpeg" and _jpeg_truncated(im_file):
         if repair_jpeg:
             _repair_jpeg(im_file)
@@ -204,13 +198,9 @@ def _read_labels(label_file: str, nc: int | None, notes: list) -> tuple[np.ndarr
         raise _Drop("out_of_range", f"{label_file}: non-normalized or out of bounds coordinates (> 1)")
     cls = lb[:, 0]
     if (cls != np.floor(cls)).any():
-        raise _Drop(
-            "bad_label", f"{label_file}: class ids must be integers, got {cls[cls != np.floor(cls)][0]:g}"
-        )
+        raise _Drop("bad_label", f"{label_file}: class ids must be integers, got {cls[cls != np.floor(cls)][0]:g}")
     if nc is not None and (cls >= nc).any():
-        raise _Drop(
-            "class_out_of_range", f"{label_file}: class id {int(cls.max())} >= nc={nc} of the dataset yaml"
-        )
+        raise _Drop("class_out_of_range", f"{label_file}: class id {int(cls.max())} >= nc={nc} of the dataset yaml")
     _, keep = np.unique(lb, axis=0, return_index=True)
     if len(keep) < len(lb):
         keep = np.sort(keep)
@@ -224,9 +214,7 @@ def _verify_args(args: tuple) -> ImageCheck:
     return verify_image_label(*args)
 
 
-def _scan(
-    im_files: list[str], label_files: list[str], nc: int | None, repair_jpeg: bool, workers: int
-) -> list:
+def _scan(im_files: list[str], label_files: list[str], nc: int | None, repair_jpeg: bool, workers: int) -> list:
     tasks = [(im, lb, nc, repair_jpeg) for im, lb in zip(im_files, label_files, strict=True)]
     if workers <= 1 or len(tasks) < 32:
         return [_verify_args(t) for t in tasks]
@@ -264,9 +252,7 @@ def _save_cache(cache_path: Path, cache: dict) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=cache_path.name + ".", suffix=".tmp")
     except OSError as e:
-        log.warning(
-            "label cache folder %s is not writeable (%s); carrying on without a cache", cache_path.parent, e
-        )
+        log.warning("label cache folder %s is not writeable (%s); carrying on without a cache", cache_path.parent, e)
         return
     try:
         with os.fdopen(fd, "wb") as f:

@@ -191,9 +191,7 @@ def render_sample(
         ys, xs = np.nonzero(owner[sy, sx] == j)
         if len(xs) == 0:
             continue
-        xyxy = np.array(
-            [xs.min() + sx.start, ys.min() + sy.start, xs.max() + 1 + sx.start, ys.max() + 1 + sy.start]
-        )
+        xyxy = np.array([xs.min() + sx.start, ys.min() + sy.start, xs.max() + 1 + sx.start, ys.max() + 1 + sy.start])
         rows.append([cls, *xyxy2xywhn(xyxy.astype(np.float64), w, h)])
     if rows:
         labels = np.array(rows, np.float32)

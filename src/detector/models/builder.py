@@ -103,9 +103,7 @@ def build_layers(cfg: Mapping, nc: int, ch: int = 3) -> BuiltLayers:
         elif module_cls is Concat:
             c2 = sum(c_in)
         elif module_cls is Detect:
-            level_anchors = (
-                [list(range(int(anchors) * 2))] * len(c_in) if isinstance(anchors, int) else anchors
-            )
+            level_anchors = [list(range(int(anchors) * 2))] * len(c_in) if isinstance(anchors, int) else anchors
             args = [nc, level_anchors, c_in]
             c2 = 0
         else:

@@ -16,9 +16,7 @@ def anchors_tensor(anchors: Sequence) -> torch.Tensor:
     """Per-level anchors, flat ``[w, h, w, h, ...]`` or ``[[w, h], ...]`` pairs -> tensor ``(nl, na, 2)``."""
     levels = [torch.as_tensor(level, dtype=torch.float32).reshape(-1, 2) for level in anchors]
     if len({lv.shape[0] for lv in levels}) != 1:
-        raise ValueError(
-            f"every level needs the same number of anchors, got {[lv.shape[0] for lv in levels]}"
-        )
+        raise ValueError(f"every level needs the same number of anchors, got {[lv.shape[0] for lv in levels]}")
     return torch.stack(levels)
 
 

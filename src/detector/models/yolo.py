@@ -31,9 +31,7 @@ class DetectionModel(nn.Module):
             raise ValueError(f"nc must be >= 1, got {nc}")
         self.cfg = to_plain(cfg)
         if anchors:
-            logger.info(
-                "Overriding model anchors with hyp anchors=%s per level (placeholders)", round(anchors)
-            )
+            logger.info("Overriding model anchors with hyp anchors=%s per level (placeholders)", round(anchors))
             self.cfg["anchors"] = round(anchors)
         self.nc = nc
         built = build_layers(self.cfg, nc, ch)
@@ -69,11 +67,7 @@ class DetectionModel(nn.Module):
         outputs: list[torch.Tensor | None] = []
         for i, (layer, route) in enumerate(zip(self.model[:-1], self.routes[:-1], strict=True)):
             if route != -1:
-                x = (
-                    outputs[route]
-                    if isinstance(route, int)
-                    else [x if r == -1 else outputs[r] for r in route]
-                )
+                x = outputs[route] if isinstance(route, int) else [x if r == -1 else outputs[r] for r in route]
             x = layer(x)
             outputs.append(x if i in self.save else None)
         route = self.routes[-1]

@@ -48,8 +48,6 @@ def plot_lr_schedule(schedule: PlannedSchedule, save_path: str | Path) -> Path:
     ax_lr.legend(loc="upper right", fontsize=8)
     top = ax_lr.secondary_xaxis("top", functions=(lambda i: i / nb, lambda e: e * nb))
     top.set_xlabel("epoch")
-    ax_lr.set_title(
-        f"planned schedule: {epochs} epochs x {nb} batches, warmup {nw + 1} iterations", fontsize=10
-    )
+    ax_lr.set_title(f"planned schedule: {epochs} epochs x {nb} batches, warmup {nw + 1} iterations", fontsize=10)
     fig.savefig(save_path, dpi=150)
     return save_path
