@@ -9,6 +9,17 @@ from omegaconf import DictConfig
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
+# BGR colours far apart (L-inf 255) and from the grey 114 padding: blended edges never look like another colour.
+PALETTE = [
+    (0, 0, 255),
+    (0, 255, 0),
+    (255, 0, 0),
+    (0, 255, 255),
+    (255, 0, 255),
+    (255, 255, 0),
+    (255, 255, 255),
+]
+
 
 def compose_train(overrides: list[str] | None = None) -> DictConfig:
     """Compose conf/train.yaml as `python -m detector.train` would, without starting a run."""

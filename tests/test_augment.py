@@ -20,17 +20,8 @@ from detector.data.augment import (
     to_bgr,
 )
 from detector.data.mosaic import mosaic4, mosaic9
+from tests.helpers import PALETTE
 
-# Colours far apart (L-inf 255) and from the grey 114 padding: blended edges never look like another colour.
-PALETTE = [
-    (0, 0, 255),
-    (0, 255, 0),
-    (255, 0, 0),
-    (0, 255, 255),
-    (255, 0, 255),
-    (255, 255, 0),
-    (255, 255, 255),
-]
 BG = (114, 114, 114)
 
 

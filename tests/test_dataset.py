@@ -13,16 +13,8 @@ from detector.boxes import scale_boxes, xywhn2xyxy
 from detector.data import image_cache
 from detector.data.dataset import YoloDataset, rect_batch_shapes
 from detector.data.sampler import EpochSampler
+from tests.helpers import PALETTE
 
-PALETTE = [
-    (0, 0, 255),
-    (0, 255, 0),
-    (255, 0, 0),
-    (0, 255, 255),
-    (255, 0, 255),
-    (255, 255, 0),
-    (255, 255, 255),
-]
 HYP0 = dict.fromkeys(
     ["hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud", "fliplr",
      "mosaic", "mixup", "copy_paste"], 0.0)  # fmt: skip
