@@ -67,6 +67,14 @@ def rect_batch_shapes(wh: np.ndarray, batch_size: int, imgsz: int, stride: int, 
     return np.ceil(factors * imgsz / stride + pad).astype(int) * stride
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def to_chw_rgb(im: np.ndarray) -> np.ndarray:
     """HWC BGR(A) uint8 -> contiguous CHW RGB (cv2.split is ~2x faster than a strided numpy copy)."""
     planes = cv2.split(im)
@@ -82,6 +90,8 @@ class YoloDataset(Dataset):
     ((n, 2) (w, h)) and ``segments`` (per image, a list of normalised (k, 2) polygons). Items are
     ``(index, epoch)`` tuples from EpochSampler or plain ints (epoch 0); each sample draws all its randomness
     from ``np.random.default_rng([seed, epoch, index])``.
+    Batches are fetched by a thread pool: ``threads`` threads (0: up to 8, one per CPU) when loading in the
+    main process, the CPUs left per worker inside loader workers.
     """
 
     def __init__(
@@ -163,8 +173,8 @@ class YoloDataset(Dataset):
             from detector.data.images import read_image as reader
         self.images = ImageLoader(self.im_files, self.imgsz, self.augment, reader, cache, cache_dir, workers)
         self._bad: set[int] = set()
-        self.threads = int(threads) if threads else min(4, os.cpu_count() or 1)
-        self._pool: ThreadPoolExecutor | None = None
+        self.threads = int(threads) if threads else min(8, usable_cpus())
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (owner pid, pool)
 
     def _sort_by_aspect_ratio(self) -> None:
         order = np.argsort(self.shapes[:, 1] / self.shapes[:, 0], kind="stable")
@@ -177,13 +187,15 @@ class YoloDataset(Dataset):
         return self.n
 
     def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list:
-        """A batch of samples, computed by ``threads`` threads in the main process (OpenCV and numpy release
-        the GIL); one by one inside loader workers, which already use the cores. Same samples either way."""
-        if self.threads <= 1 or len(items) < 2 or get_worker_info() is not None:
+        """A batch of samples computed by a thread pool (OpenCV and numpy release the GIL): ``threads`` threads
+        in the main process, the cores left per worker inside loader workers. Same samples either way."""
+        info = get_worker_info()
+        threads = self.threads if info is None else usable_cpus() // info.num_workers
+        if min(threads, len(items)) < 2:
             return [self[i] for i in items]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="yolo-dataset")
-        return list(self._pool.map(self.__getitem__, items))
+        if self._pool is None or self._pool[0] != os.getpid():  # a pool inherited through fork has no threads
+            self._pool = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="yolo-dataset"))
+        return list(self._pool[1].map(self.__getitem__, items))
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_pool": None}
