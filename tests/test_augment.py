@@ -19,7 +19,7 @@ from detector.data.augment import (
     source_roi,
     to_bgr,
 )
-from detector.data.mosaic import mosaic4, mosaic9
+from detector.data.mosaic import mosaic4, mosaic4_warped, mosaic9
 from tests.helpers import PALETTE
 
 BG = (114, 114, 114)
@@ -167,6 +167,10 @@ def test_augment_hsv_zero_gains_and_multiplicative_hue():
     np.testing.assert_array_equal(out.max(-1), im.max(-1))  # value unchanged with vgain 0
     bgra = augment_hsv(cv2.cvtColor(im, cv2.COLOR_BGR2BGRA), 0.5, 0, 0, np.random.default_rng(5))
     np.testing.assert_array_equal(bgra, out)
+    mine = im.copy()
+    same = augment_hsv(mine, 0.5, 0.0, 0.0, np.random.default_rng(5), inplace=True)
+    assert np.shares_memory(same, mine)
+    np.testing.assert_array_equal(same, out)
 
 
 def test_flips_move_boxes_with_pixels():
@@ -264,3 +268,71 @@ def test_mosaic_built_only_where_the_warp_reads_gives_identical_pixels():
         np.testing.assert_array_equal(apply_warp(part, warp), apply_warp(full, warp))
         np.testing.assert_array_equal(labels_part, labels_full)
     assert min(areas) < 0.5 * 128 * 128  # most of the canvas is skipped for zoomed-in warps
+
+
+def _flat_tiles(n, lo, hi, seed=3):
+    """n flat-colour images (sizes lo..hi) with one centred label each, as (image, labels, polygons)."""
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(lo, hi + 1, 2))
+        im = np.full((h, w, 3), PALETTE[i % len(PALETTE)], np.uint8)
+        tiles.append((im, np.array([[i, 0.5, 0.5, 0.5, 0.5]], np.float32), []))
+    return tiles
+
+
+def _edge_band(im):
+    """Pixels within 1 px of a colour change."""
+    d = np.zeros(im.shape[:2], bool)
+    dy, dx = (im[1:] != im[:-1]).any(-1), (im[:, 1:] != im[:, :-1]).any(-1)
+    d[1:] |= dy
+    d[:-1] |= dy
+    d[:, 1:] |= dx
+    d[:, :-1] |= dx
+    return d
+
+
+@pytest.mark.parametrize("s", [64, 160])
+def test_mosaic4_warped_matches_the_two_step_mosaic(s):
+    from detector.data.image_cache import long_side_size, resize_long_side
+
+    tiles = _flat_tiles(6, s // 3, 3 * s)  # up- and down-sampled tiles, some shrunk more than 2x
+    info = [(long_side_size(*im.shape[:2], s), lab, segs) for im, lab, segs in tiles]
+    for seed in range(40):
+        warp = draw_warp((2 * s, 2 * s), np.random.default_rng(seed), 0, 0.1, 0.5, 0, 0, (-(s // 2), -(s // 2)))
+        assert warp.axis_aligned
+        canvas, labels, _ = mosaic4(lambda i: (resize_long_side(tiles[i][0], s, True), *tiles[i][1:]), 0, 6, s,
+                                    np.random.default_rng(seed + 9))  # fmt: skip
+        ref = to_bgr(apply_warp(canvas, warp))
+        out, labels2, _ = mosaic4_warped(info.__getitem__, lambda i, zoom: (tiles[i][0], i), 0, 6, s,
+                                         np.random.default_rng(seed + 9), warp)  # fmt: skip
+        assert out.shape == (s, s, 3) and out.dtype == np.uint8
+        np.testing.assert_array_equal(labels2, labels)  # same draws, same layout
+        differs = np.abs(out.astype(int) - ref.astype(int)).max(-1) > 2
+        assert not (differs & ~_edge_band(ref)).any()  # tiles land on the same pixels, edges within 1 px
+    rotated = draw_warp((2 * s, 2 * s), np.random.default_rng(0), 10, 0.1, 0.5, 0, 0, (-(s // 2), -(s // 2)))
+    with pytest.raises(ValueError, match="rotation"):
+        mosaic4_warped(info.__getitem__, lambda i, zoom: (tiles[i][0], i), 0, 6, s, np.random.default_rng(0), rotated)
+
+
+def test_mosaic4_warped_decodes_only_tiles_it_shows_at_the_size_it_needs():
+    s = 64
+    tiles = _flat_tiles(5, 200, 256)
+    info = [((s, s), lab, segs) for _, lab, segs in tiles]
+    zooms, skipped = [], 0
+    for seed in range(60):
+        warp = draw_warp((2 * s, 2 * s), np.random.default_rng(seed), 0, 0.1, 0.5, 0, 0, (-(s // 2), -(s // 2)))
+        calls = []
+
+        def load(i, zoom, calls=calls):
+            calls.append(i)
+            zooms.append(zoom)
+            return cv2.resize(tiles[i][0], (s, s)), i
+
+        out, labels, _ = mosaic4_warped(info.__getitem__, load, 0, 5, s, np.random.default_rng(seed), warp)
+        assert set(zooms[len(zooms) - len(calls) :]) <= {warp.M[0, 0]}  # the zoom asked for is the warp's scale
+        shown = {i for i in range(5) if (np.abs(out.astype(int) - PALETTE[i]).max(-1) < 3).any()}
+        assert shown <= set(calls)
+        skipped += 4 - len(calls)
+        assert len(labels) == 4  # every tile's labels, shown or not (the warp's box filter drops unseen ones)
+    assert skipped > 0 and 0.5 <= min(zooms) < max(zooms) <= 1.5

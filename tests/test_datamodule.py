@@ -63,7 +63,7 @@ def test_datamodule_builds_loaders_with_the_right_shapes(data_yaml, tmp_path):
     dm.setup("fit")
     assert dm.nc == 3 and dm.names == {0: "a", 1: "b", 2: "c"} and len(dm.train_dataset) == 10
     assert (tmp_path / "dataset_train.txt").is_file() and (tmp_path / "dataset_val.txt").is_file()
-    assert (data_yaml.parent / "labels" / "train.cache").is_file()
+    assert (data_yaml.parent / "labels" / "train.detector.cache").is_file()
     train = dm.train_dataloader()
     assert isinstance(train.sampler, EpochSampler) and train.sampler.shuffle and train.batch_size == 4
     imgs, targets, paths, shapes = next(iter(train))

@@ -133,6 +133,10 @@ def test_exif_size_and_read_image_agree(bad_ds: Path) -> None:
         assert im.size == (40, 20) and exif_size(im) == (20, 40)
     img = read_image(path)
     assert img is not None and img.shape == (40, 20, 3) and img.dtype == np.uint8
+    half = read_image(path, reduce=2)  # decoded at half size, still turned upright
+    assert half is not None and half.shape == (20, 10, 3)
+    with pytest.raises(ValueError, match="reduce"):
+        read_image(path, reduce=3)
     assert read_image(bad_ds / "images" / "text.jpg") is None
     assert read_image(bad_ds / "images" / "zero.jpg") is None
     assert read_image(bad_ds / "images" / "absent.jpg") is None
@@ -200,7 +204,7 @@ def scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_cache_reused_and_invalidated(bad_ds: Path, scans: list[int]) -> None:
     files = list_image_files([bad_ds / "images"])
     cache = default_cache_path([bad_ds / "images"], img2label_paths(files))
-    assert cache == bad_ds / "labels.cache"
+    assert cache == bad_ds / "labels.detector.cache"
     first = load_labels(files, cache, nc=3)
     assert cache.is_file() and scans == [15]
     second = load_labels(files, cache, nc=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 from detector.boxes import xywhn2xyxy, xyxy2xywhn
 from detector.data.augment import (
     AlbumentationsExtras,
+    Warp,
     apply_warp,
     augment_hsv,
     copy_paste,
@@ -24,13 +25,14 @@ from detector.data.augment import (
     flip_lr,
     flip_ud,
     letterbox,
+    letterbox_geometry,
     mixup,
-    random_perspective,
     source_roi,
     warp_targets,
 )
-from detector.data.image_cache import ImageLoader, Reader
-from detector.data.mosaic import mosaic4, mosaic9
+from detector.data.image_cache import ImageLoader, Reader, long_side_size
+from detector.data.mosaic import PAD_GREY, mosaic4, mosaic4_warped, mosaic9
+from detector.data.resample import draw_tile, output_rect
 
 log = logging.getLogger(__name__)
 
@@ -215,22 +217,14 @@ class YoloDataset(Dataset):
                 img, labels = mixup(img, labels, img2, labels2, rng, self.mixup_beta)
             shapes = None
         else:
-            shape = tuple(int(x) for x in self.batch_shapes[self.batch_index[index]]) if self.rect else self.imgsz
-            index, img, (h0, w0), (h, w) = self._load(index)
-            img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
-            shapes = (h0, w0), ((h / h0, w / w0), pad)
-            labels = self.labels[index].copy()
-            if len(labels):
-                labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, pad[0], pad[1])
-            if self.augment:
-                img, labels = random_perspective(img, labels, rng=rng, **self._warp_args())
+            index, img, labels, shapes = self._letterboxed(index, rng)
 
         if len(labels):
             labels[:, 1:5] = xyxy2xywhn(labels[:, 1:5], w=img.shape[1], h=img.shape[0], clip=True, eps=1e-3)
         if self.augment:
             if self.albumentations:
                 img, labels = self.albumentations(img, labels, rng)
-            img = augment_hsv(img, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"], rng)
+            img = augment_hsv(img, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"], rng, inplace=True)  # img is ours
             if rng.random() < hyp["flipud"]:
                 img, labels = flip_ud(img, labels)
             if rng.random() < hyp["fliplr"]:
@@ -240,10 +234,48 @@ class YoloDataset(Dataset):
         labels_out[:, 1:] = labels
         return torch.from_numpy(to_chw_rgb(img)), torch.from_numpy(labels_out), self.im_files[index], shapes
 
-    def _warp_args(self) -> dict[str, Any]:
+    def _letterboxed(self, index: int, rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray, Shapes]:
+        """Image ``index`` (or the readable one standing in for it) letterboxed to imgsz or its rect batch
+        shape, then, when augmenting, moved by random_perspective; returns (index, image, pixel-xyxy labels,
+        shapes)."""
+        shape = tuple(int(x) for x in self.batch_shapes[self.batch_index[index]]) if self.rect else self.imgsz
+        canvas = (shape, shape) if isinstance(shape, int) else shape  # (h, w)
         h = self.hyp
-        keys = ("degrees", "translate", "scale", "shear", "perspective")
-        return {**{k: h[k] for k in keys}, **self.box_args}
+        warp = None
+        if self.augment:  # the draws random_perspective makes on the letterboxed image
+            warp = draw_warp(canvas, rng, h["degrees"], h["translate"], h["scale"], h["shear"], h["perspective"])
+        if warp is not None and warp.axis_aligned and (warp.M != np.eye(3)).any():
+            return self._letterboxed_warped(index, canvas, warp)
+        index, img, (h0, w0), (hh, ww) = self._load(index)
+        img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
+        labels = self.labels[index].copy()
+        if len(labels):
+            labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * ww, ratio[1] * hh, pad[0], pad[1])
+        if warp is not None:
+            if (warp.M != np.eye(3)).any():
+                img = apply_warp(img, warp)
+            labels = warp_targets(labels, (), warp, **self.box_args)
+        return index, img, labels, ((h0, w0), ((hh / h0, ww / w0), pad))
+
+    def _letterboxed_warped(
+        self, index: int, canvas: tuple[int, int], warp: Warp
+    ) -> tuple[int, np.ndarray, np.ndarray, Shapes]:
+        """``_letterboxed`` for an axis-aligned warp, rendered in one pass from the decoded file (see resample)."""
+        (hh, ww), _, _ = self._tile_info(index)
+        zoom = warp.M[0, 0] * letterbox_geometry((hh, ww), canvas).ratio[0]
+        img, j = self._load_tile(index, zoom)
+        (hh, ww), labels, _ = self._tile_info(j)
+        g = letterbox_geometry((hh, ww), canvas)
+        top, _, left, _ = g.borders
+        out = np.full((*canvas, 3), PAD_GREY, np.uint8)
+        rect = output_rect(left, top, *g.unpad, canvas[::-1], warp)
+        if rect is not None:
+            draw_tile(out, img, left, top, *g.unpad, rect, warp)
+        labels = labels.copy()
+        if len(labels):
+            labels[:, 1:] = xywhn2xyxy(labels[:, 1:], g.ratio[0] * ww, g.ratio[1] * hh, *g.pad)
+        w0, h0 = (int(v) for v in self.shapes[j])
+        return j, out, warp_targets(labels, (), warp, **self.box_args), ((h0, w0), ((hh / h0, ww / w0), g.pad))
 
     def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Mosaic, copy-paste and the perspective warp that crops the 2s canvas to s x s."""
@@ -251,10 +283,13 @@ class YoloDataset(Dataset):
         h = self.hyp
         warp = draw_warp((2 * s, 2 * s), rng, h["degrees"], h["translate"], h["scale"], h["shear"],
                          h["perspective"], self.mosaic_border)  # fmt: skip
+        full = (cp > 0 and self.has_polygons) or warp.perspective  # copy-paste mirrors the whole canvas
+        if not self.mosaic9 and not full and warp.axis_aligned:  # every YOLOv5 hyp file: tiles straight to output
+            img, labels, segments = mosaic4_warped(self._tile_info, self._load_tile, index, self.n, s, rng, warp)
+            return img, warp_targets(labels, segments, warp, **self.box_args)
         if self.mosaic9:
             img, labels, segments = mosaic9(self._load_for_mosaic, index, self.n, s, rng)
         else:  # fill only the canvas part the warp reads, unless copy-paste mirrors the whole canvas
-            full = (cp > 0 and self.has_polygons) or warp.perspective
             roi = None if full else source_roi(warp, (2 * s, 2 * s))
             img, labels, segments = mosaic4(self._load_for_mosaic, index, self.n, s, rng, roi)
         if cp > 0 and len(segments) == len(labels):  # polygons for every label
@@ -266,18 +301,43 @@ class YoloDataset(Dataset):
         i, img, _, _ = self._load(i)
         return img, self.labels[i], self.segments[i]
 
+    def _tile_info(self, i: int) -> tuple[tuple[int, int], np.ndarray, list[np.ndarray]]:
+        w0, h0 = self.shapes[i]
+        return long_side_size(int(h0), int(w0), self.imgsz), self.labels[i], self.segments[i]
+
+    def _load_tile(self, i: int, zoom: float) -> tuple[np.ndarray, int]:
+        """Image i (or the next readable one) decoded at the smallest 1/2^k size (k <= 3) that is still at least
+        ``zoom`` times its size on the mosaic canvas."""
+        for j in self._readable(i):
+            (_, w), _, _ = self._tile_info(j)
+            reduce, w0 = 1, self.shapes[j][0]
+            while reduce < 8 and w0 / (2 * reduce) >= zoom * w:
+                reduce *= 2
+            img = self.images.decode(j, reduce)
+            if img is not None:
+                return img, j
+            self._mark_bad(j)
+        raise RuntimeError(f"none of the {self.n} images of the dataset can be read")
+
     def _load(self, i: int) -> tuple[int, np.ndarray, tuple[int, int], tuple[int, int]]:
         """Image i resized, or, if it cannot be read, the next readable image (logged once per file)."""
-        for k in range(self.n):
-            j = (i + k) % self.n
-            if j in self._bad:
-                continue
+        for j in self._readable(i):
             img, hw0, hw = self.images.load(j)
             if img is not None:
                 return j, img, hw0, hw
-            self._bad.add(j)
-            log.warning("cannot read image %s; using the next readable image in its place", self.im_files[j])
+            self._mark_bad(j)
         raise RuntimeError(f"none of the {self.n} images of the dataset can be read")
+
+    def _readable(self, i: int) -> Iterator[int]:
+        """Indices from i onwards (wrapping round) not yet found unreadable."""
+        for k in range(self.n):
+            j = (i + k) % self.n
+            if j not in self._bad:
+                yield j
+
+    def _mark_bad(self, j: int) -> None:
+        self._bad.add(j)
+        log.warning("cannot read image %s; using the next readable image in its place", self.im_files[j])
 
     @staticmethod
     def collate_fn(

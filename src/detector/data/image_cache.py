@@ -19,7 +19,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-Reader = Callable[[str], "np.ndarray | None"]
+# reader(path, reduce) -> BGR image decoded at 1/reduce of its size (reduce 1, 2, 4 or 8), None if unreadable
+Reader = Callable[[str, int], "np.ndarray | None"]
 LoadedImage = tuple[np.ndarray, tuple[int, int], tuple[int, int]]
 
 
@@ -38,16 +39,21 @@ def available_ram() -> int | None:
         return None
 
 
+def long_side_size(h0: int, w0: int, imgsz: int) -> tuple[int, int]:
+    """(h, w) of an h0 x w0 image resized so that its long side is ``imgsz`` (short side rounded up)."""
+    r = imgsz / max(h0, w0)
+    return min(math.ceil(h0 * r), imgsz), min(math.ceil(w0 * r), imgsz)
+
+
 def resize_long_side(im: np.ndarray, imgsz: int, augment: bool) -> np.ndarray:
     """Resize so that the long side is ``imgsz`` (short side rounded up): linear when augmenting or
     upsampling, area otherwise (as YOLOv5's load_image)."""
     h0, w0 = im.shape[:2]
-    r = imgsz / max(h0, w0)
-    if r == 1:
+    h, w = long_side_size(h0, w0, imgsz)
+    if (h, w) == (h0, w0):
         return im
-    size = (min(math.ceil(w0 * r), imgsz), min(math.ceil(h0 * r), imgsz))
-    interp = cv2.INTER_LINEAR if (augment or r > 1) else cv2.INTER_AREA
-    return cv2.resize(im, size, interpolation=interp)
+    interp = cv2.INTER_LINEAR if (augment or imgsz > max(h0, w0)) else cv2.INTER_AREA
+    return cv2.resize(im, (w, h), interpolation=interp)
 
 
 def disk_cache_path(cache_dir: Path, im_file: str) -> Path:
@@ -99,20 +105,24 @@ class ImageLoader:
         """Image i resized to long side imgsz, with its original and resized (h, w)."""
         if self.ram is not None and self.ram[i] is not None:
             return self.ram[i]
-        im = self._read(i)
+        im = self.decode(i)
         if im is None:
             return None, (0, 0), (0, 0)
         h0, w0 = im.shape[:2]
         im = resize_long_side(im, self.imgsz, self.augment)
         return im, (h0, w0), im.shape[:2]
 
-    def _read(self, i: int) -> np.ndarray | None:
+    def decode(self, i: int, reduce: int = 1) -> np.ndarray | None:
+        """Image i as cached in RAM (resized), else decoded at 1/reduce of its size where the reader can
+        (not from the disk cache); for callers that resample it themselves."""
+        if self.ram is not None and self.ram[i] is not None:
+            return self.ram[i][0]
         if self.npy is not None:
             try:
                 return np.load(self.npy[i])
             except (OSError, ValueError):
                 pass  # a missing or damaged cache file: read the image itself
-        return self.reader(self.im_files[i])
+        return self.reader(self.im_files[i], reduce)
 
     def _ram_fits(self, margin: float, samples: int, seed: int) -> bool:
         n = len(self.im_files)
@@ -120,7 +130,7 @@ class ImageLoader:
         picks = rng.choice(n, size=min(samples, n), replace=False)
         nbytes = 0
         for i in picks:
-            im = self.reader(self.im_files[i])
+            im = self.reader(self.im_files[i], 1)
             if im is not None:
                 nbytes += im.nbytes * (self.imgsz / max(im.shape[:2])) ** 2
         need = nbytes * n / len(picks) * margin
@@ -155,7 +165,7 @@ class ImageLoader:
         def write(i: int) -> bool:
             if paths[i].exists():
                 return True
-            im = self.reader(self.im_files[i])
+            im = self.reader(self.im_files[i], 1)
             if im is None:
                 return False
             tmp = paths[i].with_suffix(".tmp.npy")

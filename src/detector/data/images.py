@@ -16,6 +16,12 @@ IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp",
 ORIENTATION_TAG = 0x0112
 # EXIF orientations that swap width and height (5 transpose, 6 rotate 90 CW, 7 transverse, 8 rotate 90 CCW).
 SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -23,11 +29,16 @@ def is_image_file(path: str | Path) -> bool:
     return os.path.splitext(str(path))[1][1:].lower() in IMG_FORMATS
 
 
-def read_image(path: str | Path) -> np.ndarray | None:
+def read_image(path: str | Path, reduce: int = 1) -> np.ndarray | None:
     """Decode an image file to a BGR uint8 HWC array with EXIF orientation applied; None if unreadable.
 
-    Reads the bytes with numpy so that non-ASCII paths work on every platform.
+    ``reduce`` 2, 4 or 8 decodes at that fraction of the size (JPEGs scale inside the decoder, several times
+    faster; other formats are shrunk after decoding). Reads the bytes with numpy so that non-ASCII paths work
+    on every platform.
     """
+    flags = REDUCED_FLAGS.get(reduce)
+    if flags is None:
+        raise ValueError(f"reduce must be one of {sorted(REDUCED_FLAGS)}, got {reduce}")
     try:
         buf = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
@@ -35,10 +46,10 @@ def read_image(path: str | Path) -> np.ndarray | None:
         return None
     if buf.size == 0:
         return None
-    im = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # applies EXIF orientation, converts grey/16-bit to 8-bit BGR
+    im = cv2.imdecode(buf, flags)  # applies EXIF orientation, converts grey/16-bit to 8-bit BGR
     if im is None and buf.size > 4 and buf[0] == 0xFF and buf[1] == 0xD8 and not (buf[-2] == 0xFF and buf[-1] == 0xD9):
         # OpenCV 5 rejects a JPEG without its end marker; adding the marker in memory decodes what is there.
-        im = cv2.imdecode(np.concatenate([buf, np.array([0xFF, 0xD9], np.uint8)]), cv2.IMREAD_COLOR)
+        im = cv2.imdecode(np.concatenate([buf, np.array([0xFF, 0xD9], np.uint8)]), flags)
     return im
 
 

@@ -31,6 +31,7 @@ from detector.data.report import INFO_KINDS, KINDS, DatasetReport
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = "detector-labels-1"
+CACHE_SUFFIX = ".detector.cache"
 MIN_IMAGE_SIDE = 10  # YOLOv5 asserts both sides > 9 px
 MAX_LOGGED_FILES = 10  # per-file messages logged; the rest are in the report
 
@@ -68,10 +69,11 @@ class _Drop(Exception):
 
 
 def default_cache_path(sources: Sequence[str | Path], label_files: Sequence[str]) -> Path:
-    """`<list>.cache` when the only source is a txt list, else `<labels dir>.cache` of the first label."""
+    """`<list>.detector.cache` when the only source is a txt list, else `<labels dir>.detector.cache` of the first
+    label. Not YOLOv5's `labels.cache`, so that both tools can keep their own cache beside the same labels."""
     if len(sources) == 1 and Path(sources[0]).is_file():
-        return Path(sources[0]).with_suffix(".cache")
-    return Path(str(Path(label_files[0]).parent) + ".cache")
+        return Path(sources[0]).with_suffix(CACHE_SUFFIX)
+    return Path(str(Path(label_files[0]).parent) + CACHE_SUFFIX)
 
 
 def verify_image_label(im_file: str, label_file: str, nc: int | None = None, repair_jpeg: bool = False) -> ImageCheck:

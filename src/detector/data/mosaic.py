@@ -5,6 +5,9 @@ copy-paste and the ``random_perspective`` warp with border ``(-s // 2, -s // 2)`
 YOLOv5 does. The canvas is BGRA (alpha unused): OpenCV warps 4-channel images faster, with identical colour
 values. ``mosaic4`` can fill only the part of the canvas that the warp reads (``roi``; the rest is left
 uninitialised): the same output pixels for a third of the filling and copying on average.
+
+``mosaic4_warped`` is the fast path for the usual warp without rotation, shear or perspective (every YOLOv5 hyp
+file): the same layout and labels, with the image rendered straight into the s x s output.
 """
 
 from __future__ import annotations
@@ -15,9 +18,17 @@ import cv2
 import numpy as np
 
 from detector.boxes import xywhn2xyxy
+from detector.data.augment import Warp
+from detector.data.resample import draw_tile, output_rect
 
+PAD_GREY = 114
 # load(i) -> (image resized to long side s, labels (n, 5) [cls, x, y, w, h] normalised, polygons normalised)
 Loader = Callable[[int], tuple[np.ndarray, np.ndarray, list[np.ndarray]]]
+# describe(i) -> (image i's (h, w) on the canvas, its labels, its polygons), without decoding it
+TileInfo = Callable[[int], tuple[tuple[int, int], np.ndarray, list[np.ndarray]]]
+# load(i, zoom) -> (image i decoded at zoom times its canvas size or more, e.g. a JPEG at 1/2 of its pixels when
+# zoom is 0.4; the index of the image returned, another one when image i cannot be read)
+TileLoader = Callable[[int, float], tuple[np.ndarray, int]]
 Mosaic = tuple[np.ndarray, np.ndarray, list[np.ndarray]]
 
 
@@ -56,10 +67,10 @@ def _fill_around(
     if tx2 <= tx1 or ty2 <= ty1:  # the tile misses the region
         tx1 = tx2 = rx1
         ty1 = ty2 = ry1
-    canvas[ry1:ty1, rx1:rx2] = 114  # above
-    canvas[ty2:ry2, rx1:rx2] = 114  # below
-    canvas[ty1:ty2, rx1:tx1] = 114  # left
-    canvas[ty1:ty2, tx2:rx2] = 114  # right
+    canvas[ry1:ty1, rx1:rx2] = PAD_GREY  # above
+    canvas[ty2:ry2, rx1:rx2] = PAD_GREY  # below
+    canvas[ty1:ty2, rx1:tx1] = PAD_GREY  # left
+    canvas[ty1:ty2, tx2:rx2] = PAD_GREY  # right
 
 
 def _place(
@@ -87,6 +98,22 @@ def _finish(labels: list[np.ndarray], segments: list[np.ndarray], size: int) -> 
     return out, [s.clip(0, size) for s in segments]
 
 
+def _layout(index: int, n: int, s: int, rng: np.random.Generator) -> tuple[int, int, list[int]]:
+    """Mosaic centre (xc, yc) drawn from [s/2, 3s/2) of the 2s canvas, and image ``index`` with 3 random others."""
+    lo = -((-s) // 2)  # the centre is drawn from U(-border, 2s + border) with YOLOv5's border -s // 2
+    xc, yc = int(rng.uniform(lo, 2 * s - lo)), int(rng.uniform(lo, 2 * s - lo))
+    indices = [index, *rng.integers(0, n, 3).tolist()]
+    rng.shuffle(indices)
+    return xc, yc, indices
+
+
+def _corner(k: int, xc: int, yc: int, w: int, h: int) -> tuple[int, int, bool, bool]:
+    """Top-left (ox, oy) of tile k of size (w, h) around the centre: 0 top-left, 1 top-right, 2 bottom-left,
+    3 bottom-right; also whether it is a left and a top tile."""
+    left, top = k in (0, 2), k in (0, 1)
+    return (xc - w if left else xc), (yc - h if top else yc), left, top
+
+
 def mosaic4(
     load: Loader, index: int, n: int, s: int, rng: np.random.Generator, roi: tuple[int, int, int, int] | None = None
 ) -> Mosaic:
@@ -95,24 +122,58 @@ def mosaic4(
     Returns (BGRA canvas 2s x 2s, labels (m, 5) [cls, x1, y1, x2, y2] in canvas pixels clipped to [0, 2s],
     polygons). With ``roi`` (x1, y1, x2, y2) only that part of the canvas is filled; the rest is uninitialised.
     """
-    lo = -((-s) // 2)  # the centre is drawn from U(-border, 2s + border) with YOLOv5's border -s // 2
-    xc, yc = int(rng.uniform(lo, 2 * s - lo)), int(rng.uniform(lo, 2 * s - lo))
-    indices = [index, *rng.integers(0, n, 3).tolist()]
-    rng.shuffle(indices)
+    xc, yc, indices = _layout(index, n, s, rng)
     clip = roi if roi is not None else (0, 0, 2 * s, 2 * s)
     canvas = np.empty((2 * s, 2 * s, 4), np.uint8)  # grey is filled around the tiles only
     labels, segments = [], []
     for k, i in enumerate(indices):
         im, lab, segs = load(i)
         h, w = im.shape[:2]
-        left, top = k in (0, 2), k in (0, 1)  # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
-        ox, oy = (xc - w if left else xc), (yc - h if top else yc)
+        ox, oy, left, top = _corner(k, xc, yc, w, h)
         lab, segs, rect = _place(canvas, im, lab, segs, ox, oy, clip)
         quadrant = (0 if left else xc, 0 if top else yc, xc if left else 2 * s, yc if top else 2 * s)
         _fill_around(canvas, quadrant, rect, clip)
         labels.append(lab)
         segments += segs
     return (canvas, *_finish(labels, segments, 2 * s))
+
+
+def mosaic4_warped(
+    describe: TileInfo, load: TileLoader, index: int, n: int, s: int, rng: np.random.Generator, warp: Warp
+) -> Mosaic:
+    """``mosaic4`` followed by an axis-aligned ``warp`` (scale and translation only), rendered in one pass.
+
+    Same draws, tile layout and labels as ``mosaic4`` (labels in 2s-canvas pixels, still to be warped with
+    ``warp_targets``), but the image is the warped s x s BGR output: each tile is resampled once, straight from
+    its decoded image into the output rectangle it covers, and a tile the output does not show is not decoded.
+    Own code, for speed: it skips the resize to the training size, the 2s canvas and the full warp. Pixels
+    differ from the two-step path only by interpolation (one resampling instead of two); tile edges are the
+    same to a pixel.
+    """
+    if not warp.axis_aligned:
+        raise ValueError("mosaic4_warped needs a warp without rotation, shear or perspective")
+    xc, yc, indices = _layout(index, n, s, rng)
+    width, height = warp.size
+    out = np.full((height, width, 3), PAD_GREY, np.uint8)
+    labels, segments = [], []
+    for k, i in enumerate(indices):
+        (h, w), lab, segs = describe(i)
+        ox, oy, _, _ = _corner(k, xc, yc, w, h)
+        rect = output_rect(ox, oy, w, h, (2 * s, 2 * s), warp)
+        if rect is not None:
+            im, j = load(i, warp.M[0, 0])
+            if j != i:  # image i is unreadable and image j stands in for it
+                (h, w), lab, segs = describe(j)
+                ox, oy, _, _ = _corner(k, xc, yc, w, h)
+                rect = output_rect(ox, oy, w, h, (2 * s, 2 * s), warp)
+            if rect is not None:
+                draw_tile(out, im, ox, oy, w, h, rect, warp)
+        out_lab = lab.astype(np.float32, copy=True)
+        if len(out_lab):
+            out_lab[:, 1:] = xywhn2xyxy(lab[:, 1:], w, h, ox, oy)
+        labels.append(out_lab)
+        segments += [sg * (w, h) + (ox, oy) for sg in segs]
+    return (out, *_finish(labels, segments, 2 * s))
 
 
 def mosaic9(load: Loader, index: int, n: int, s: int, rng: np.random.Generator) -> Mosaic:
@@ -123,7 +184,7 @@ def mosaic9(load: Loader, index: int, n: int, s: int, rng: np.random.Generator) 
     """
     indices = [index, *rng.integers(0, n, 8).tolist()]
     rng.shuffle(indices)
-    canvas = np.full((3 * s, 3 * s, 4), 114, np.uint8)
+    canvas = np.full((3 * s, 3 * s, 4), PAD_GREY, np.uint8)
     labels, segments = [], []
     for k, i in enumerate(indices):
         im, lab, segs = load(i)
