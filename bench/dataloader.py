@@ -1,13 +1,12 @@
 """Images/second of the training data pipeline (mosaic, perspective, HSV, flips, albumentations extras).
 
-    .venv/bin/python bench/dataloader.py     # 512 generated JPEGs of 240-480 px, 640 and 320, 0 and 2 workers
-    .venv/bin/python bench/dataloader.py --data shapes      # the built-in dataset (128-256 px images)
+    .venv/bin/python bench/dataloader.py     # built-in dataset, then 512 JPEGs of 240-480 px; 640/320, 0/2 workers
+    .venv/bin/python bench/dataloader.py --data shapes      # the built-in dataset only (128-256 px images)
     .venv/bin/python bench/dataloader.py --data path/to/data.yaml --imgsz 640 --workers 4 --batches 50
 
-The default images match the set YOLOv5 7.0's loader was timed on (512 JPEGs, 240-480 px per side), so the figures
-compare with its 71/123 img/s (640, 0/2 workers) and 163/309 img/s (320).
-
-Uses hyp scratch-low and conf/augment/default.yaml; one warm-up batch, then times a fixed number of batches.
+``bench`` is 512 generated JPEGs of 240-480 px per side (made once in the datasets folder), the image set the
+issue names for YOLOv5 7.0's loader. Uses hyp scratch-low and conf/augment/default.yaml; one warm-up batch, then
+times a fixed number of batches. Compare with another loader only on the same machine in the same session.
 """
 
 from __future__ import annotations
@@ -83,7 +82,8 @@ def bench_dataset(root: Path, n: int = 512, long_side: tuple[int, int] = (240, 4
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="bench", help="bench (512 JPEGs, 240-480 px), shapes, or a dataset yaml")
+    ap.add_argument("--data", nargs="+", default=["shapes", "bench"],
+                    help="shapes (built-in), bench (512 JPEGs, 240-480 px) or dataset yamls")  # fmt: skip
     ap.add_argument("--datasets-dir", default=os.environ.get("DETECTOR_DATASETS", "~/.cache/detector/datasets"))
     ap.add_argument("--imgsz", type=int, nargs="+", default=[640, 320])
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
@@ -95,9 +95,15 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    if args.data == "bench":
-        args.data = str(bench_dataset(Path(args.datasets_dir).expanduser() / "bench-240-480"))
-    data = load_data_config(args.data, args.datasets_dir, os.getcwd())
+    for spec in args.data:
+        run(spec, args)
+
+
+def run(spec: str, args: argparse.Namespace) -> None:
+    """Print the throughput for one dataset at every imgsz and worker count asked for."""
+    if spec == "bench":
+        spec = str(bench_dataset(Path(args.datasets_dir).expanduser() / "bench-240-480"))
+    data = load_data_config(spec, args.datasets_dir, os.getcwd())
     im_files = list_image_files(data.train)
     labels = load_labels(im_files, default_cache_path(data.train, img2label_paths(im_files[:1])), nc=data.nc)
     hyp = yaml.safe_load(Path(args.hyp).read_text())
@@ -119,7 +125,7 @@ def main() -> None:
         )
         for workers in args.workers:
             ips = measure(ds, args.batch_size, workers, args.batches)
-            print(f"imgsz {imgsz:4d}  workers {workers}: {ips:7.1f} img/s")
+            print(f"imgsz {imgsz:4d}  workers {workers}: {ips:7.1f} img/s", flush=True)
 
 
 if __name__ == "__main__":

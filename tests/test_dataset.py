@@ -116,7 +116,7 @@ def test_one_pass_letterbox_matches_letterbox_then_warp(labelset):
         ref_labels[:, 1:] = xywhn2xyxy(ref_labels[:, 1:], ratio[0] * w, ratio[1] * h, *pad)
         ref_labels = warp_targets(ref_labels, (), warp, **ds.box_args)
         assert j == index and fast.shape == ref.shape == (96, 96, 3)
-        np.testing.assert_allclose(labels, ref_labels, atol=1e-4)
+        np.testing.assert_allclose(labels, ref_labels, atol=0.5)  # labels follow the pixels, < half a pixel
         # Flat colours: pixels differ only next to colour edges (blurred once instead of twice when upsampled).
         edge = np.zeros(ref.shape[:2], np.uint8)
         edge[1:] |= (ref[1:] != ref[:-1]).any(-1)
@@ -288,10 +288,10 @@ def test_ram_and_disk_cache_give_the_same_samples(labelset, tmp_path, monkeypatc
     assert ram.images.ram is not None and len(list((tmp_path / "npy").glob("*.npy"))) == len(labelset.im_files)
     assert not list(Path(labelset.im_files[0]).parent.glob("*.npy"))  # nothing written into the dataset
     for i in range(3):
-        # Same draws and labels; pixels differ by interpolation only (the mosaic resamples a RAM-cached tile
-        # from the training size, an uncached one from the decoded file).
+        # Same draws and labels (up to the sub-pixel offsets that follow the pixels); pixels differ by
+        # interpolation only (a RAM-cached tile is resampled from the training size, others from the file).
         (a, la, *_), (b, lb, *_), (c, lc, *_) = plain[i], ram[i], disk[i]
-        assert torch.equal(la, lb) and torch.equal(la, lc)
+        assert torch.allclose(la, lb, atol=0.5 / 64) and torch.allclose(la, lc, atol=0.5 / 64)
         assert (a.float() - b.float()).abs().mean() < 2 and (a.float() - c.float()).abs().mean() < 2
     monkeypatch.setattr(image_cache, "available_ram", lambda: 1000)
     with caplog.at_level(logging.WARNING):

@@ -269,11 +269,10 @@ class YoloDataset(Dataset):
         top, _, left, _ = g.borders
         out = np.full((*canvas, 3), PAD_GREY, np.uint8)
         rect = output_rect(left, top, *g.unpad, canvas[::-1], warp)
-        if rect is not None:
-            draw_tile(out, img, left, top, *g.unpad, rect, warp)
+        dx, dy = draw_tile(out, img, left, top, *g.unpad, rect, warp) if rect is not None else (0.0, 0.0)
         labels = labels.copy()
-        if len(labels):
-            labels[:, 1:] = xywhn2xyxy(labels[:, 1:], g.ratio[0] * ww, g.ratio[1] * hh, *g.pad)
+        if len(labels):  # labels follow the pixels' sub-pixel landing offset (dx, dy)
+            labels[:, 1:] = xywhn2xyxy(labels[:, 1:], g.ratio[0] * ww, g.ratio[1] * hh, g.pad[0] + dx, g.pad[1] + dy)
         w0, h0 = (int(v) for v in self.shapes[j])
         return j, out, warp_targets(labels, (), warp, **self.box_args), ((h0, w0), ((hh / h0, ww / w0), g.pad))
 

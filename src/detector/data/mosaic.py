@@ -147,8 +147,8 @@ def mosaic4_warped(
     ``warp_targets``), but the image is the warped s x s BGR output: each tile is resampled once, straight from
     its decoded image into the output rectangle it covers, and a tile the output does not show is not decoded.
     Own code, for speed: it skips the resize to the training size, the 2s canvas and the full warp. Pixels
-    differ from the two-step path only by interpolation (one resampling instead of two); tile edges are the
-    same to a pixel.
+    differ from the two-step path only by interpolation (one resampling instead of two) and tiles land within
+    half an output pixel of it; each tile's labels move with its pixels.
     """
     if not warp.axis_aligned:
         raise ValueError("mosaic4_warped needs a warp without rotation, shear or perspective")
@@ -160,6 +160,7 @@ def mosaic4_warped(
         (h, w), lab, segs = describe(i)
         ox, oy, _, _ = _corner(k, xc, yc, w, h)
         rect = output_rect(ox, oy, w, h, (2 * s, 2 * s), warp)
+        dx = dy = 0.0
         if rect is not None:
             im, j = load(i, warp.M[0, 0])
             if j != i:  # image i is unreadable and image j stands in for it
@@ -167,12 +168,12 @@ def mosaic4_warped(
                 ox, oy, _, _ = _corner(k, xc, yc, w, h)
                 rect = output_rect(ox, oy, w, h, (2 * s, 2 * s), warp)
             if rect is not None:
-                draw_tile(out, im, ox, oy, w, h, rect, warp)
+                dx, dy = draw_tile(out, im, ox, oy, w, h, rect, warp)
         out_lab = lab.astype(np.float32, copy=True)
-        if len(out_lab):
-            out_lab[:, 1:] = xywhn2xyxy(lab[:, 1:], w, h, ox, oy)
+        if len(out_lab):  # labels follow the pixels' sub-pixel landing offset (dx, dy)
+            out_lab[:, 1:] = xywhn2xyxy(lab[:, 1:], w, h, ox + dx, oy + dy)
         labels.append(out_lab)
-        segments += [sg * (w, h) + (ox, oy) for sg in segs]
+        segments += [sg * (w, h) + (ox + dx, oy + dy) for sg in segs]
     return (out, *_finish(labels, segments, 2 * s))
 
 

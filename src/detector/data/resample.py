@@ -30,9 +30,15 @@ def output_rect(ox: int, oy: int, w: int, h: int, canvas: tuple[int, int], warp:
     return (u1, v1, u2, v2) if u2 > u1 and v2 > v1 else None
 
 
-def draw_tile(out: np.ndarray, im: np.ndarray, ox: int, oy: int, w: int, h: int, rect: Rect, warp: Warp) -> None:
-    """Write ``rect`` of ``out`` with the decoded image ``im`` (any size: it is stretched to the (h, w) tile at
-    (ox, oy) on the canvas) as ``warp`` shows it."""
+def draw_tile(
+    out: np.ndarray, im: np.ndarray, ox: int, oy: int, w: int, h: int, rect: Rect, warp: Warp
+) -> tuple[float, float]:
+    """Write ``rect`` of ``out`` with the decoded image ``im`` (any size: it is stretched to the w x h tile at
+    (ox, oy) on the canvas) as ``warp`` shows it.
+
+    Returns how far (dx, dy) the tile's pixels landed from where the warp puts them, in canvas pixels (under half
+    an output pixel); moving the tile's labels by it keeps them on their pixels as exactly as YOLOv5's path.
+    """
     if not warp.axis_aligned:
         raise ValueError("one-pass rendering needs a warp without rotation, shear or perspective")
     (ax, _, tx), (_, ay, ty) = warp.M[:2]
@@ -41,33 +47,38 @@ def draw_tile(out: np.ndarray, im: np.ndarray, ox: int, oy: int, w: int, h: int,
     kx, cx = 1 / (ax * rx), ((-tx) / ax - ox + 0.5) / rx - 0.5
     ky, cy = 1 / (ay * ry), ((-ty) / ay - oy + 0.5) / ry - 0.5
     u1, v1, u2, v2 = rect
-    out[v1:v2, u1:u2] = _resample(im, u1, u2 - u1, kx, cx, v1, v2 - v1, ky, cy)
+    out[v1:v2, u1:u2], (sx, sy) = _resample(im, u1, u2 - u1, kx, cx, v1, v2 - v1, ky, cy)
+    return sx / ax, sy / ay
 
 
-def _span(start: int, size: int, k: float, c: float, length: int) -> tuple[int, int, int]:
+def _span(start: int, size: int, k: float, c: float, length: int) -> tuple[int, int, int, float]:
     """Source span (p1, p2) covering decoded coordinates k * u + c for u in [start, start + size), with a margin
-    for the interpolation footprint, and the first output index j0 of that span once resized by 1 / k."""
+    for the interpolation footprint; the first output index j0 of that span once resized by 1 / k; and how far
+    the resized pixels land from the exact positions, in output pixels (the rounding of j0)."""
     x_first = k * start + c
     margin = 2 + int(k)
     p1 = min(max(math.floor(x_first) - margin, 0), length - 1)
     p2 = min(max(math.ceil(x_first + k * (size - 1)) + margin, p1 + 1), length)
-    return p1, p2, max(round((x_first - p1 + 0.5) / k - 0.5), 0)
+    j0 = max(round((x_first - p1 + 0.5) / k - 0.5), 0)
+    return p1, p2, j0, (x_first - p1 + 0.5) / k - 0.5 - j0
 
 
 def _resample(
     im: np.ndarray, u1: int, du: int, kx: float, cx: float, v1: int, dv: int, ky: float, cy: float
-) -> np.ndarray:
+) -> tuple[np.ndarray, tuple[float, float]]:
     """The (dv, du) block of output pixels (u, v) for u >= u1, v >= v1 that sample ``im`` bilinearly at
-    (kx * u + cx, ky * v + cy), edges replicated, to within half an output pixel.
+    (kx * u + cx, ky * v + cy), edges replicated, to within half an output pixel; and the offset (dx, dy) in
+    output pixels of the content from those exact positions.
 
     cv2.resize with exact scale factors on the needed crop: 3-4x faster per pixel than warpAffine.
     """
-    px1, px2, jx = _span(u1, du, kx, cx, im.shape[1])
-    py1, py2, jy = _span(v1, dv, ky, cy, im.shape[0])
+    px1, px2, jx, sx = _span(u1, du, kx, cx, im.shape[1])
+    py1, py2, jy, sy = _span(v1, dv, ky, cy, im.shape[0])
     if (px2 - px1) / kx < 2 or (py2 - py1) / ky < 2:  # a sliver: resize would round its size to nothing
         inv = np.array([[kx, 0, kx * u1 + cx], [0, ky, ky * v1 + cy]])
-        return cv2.warpAffine(im, inv, (du, dv), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        block = cv2.warpAffine(im, inv, (du, dv), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        return block, (0.0, 0.0)
     # Shrinking more than 2x, area averaging keeps fine texture from aliasing (YOLOv5's two bilinear steps
     # alias there too, less); otherwise bilinear like YOLOv5.
     interp = cv2.INTER_AREA if max(kx, ky) > 2 else cv2.INTER_LINEAR
@@ -75,4 +86,4 @@ def _resample(
     short_y, short_x = jy + dv - big.shape[0], jx + du - big.shape[1]
     if short_y > 0 or short_x > 0:  # rounding at the image edge: replicate the last row or column
         big = cv2.copyMakeBorder(big, 0, max(short_y, 0), 0, max(short_x, 0), cv2.BORDER_REPLICATE)
-    return big[jy : jy + dv, jx : jx + du]
+    return big[jy : jy + dv, jx : jx + du], (sx, sy)
