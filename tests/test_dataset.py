@@ -105,6 +105,7 @@ def test_one_pass_letterbox_matches_letterbox_then_warp(labelset):
 
     hyp = HYP0 | dict(scale=0.5, translate=0.1)
     ds = YoloDataset(labelset, imgsz=96, hyp=hyp, augment=True)
+    two_step = YoloDataset(labelset, imgsz=96, hyp=hyp, augment=True, one_pass=False)
     for index in range(len(ds)):
         j, fast, labels, _ = ds._letterboxed(index, np.random.default_rng(index))
         warp = draw_warp((96, 96), np.random.default_rng(index), 0.0, 0.1, 0.5, 0.0, 0.0)
@@ -124,6 +125,9 @@ def test_one_pass_letterbox_matches_letterbox_then_warp(labelset):
         near_edge = cv2.dilate(edge, np.ones((5, 5), np.uint8)).astype(bool)  # within 2 px
         differs = np.abs(fast.astype(int) - ref.astype(int)).max(-1) > 2
         assert not (differs & ~near_edge).any() and differs.mean() < 0.1
+        _, exact, exact_labels, _ = two_step._letterboxed(index, np.random.default_rng(index))
+        np.testing.assert_array_equal(exact, ref)  # one_pass=False: YOLOv5's letterbox then warp, to the bit
+        np.testing.assert_array_equal(exact_labels, ref_labels)
 
 
 def test_mixup_adds_the_second_mosaic_labels(labelset):

@@ -34,7 +34,7 @@ class DetectorDataModule(L.LightningDataModule):
 
     ``batch_size`` is the total over devices; each device gets ``batch_size // world_size``; val uses twice
     that, rect batches with pad 0.5 and no augmentation. ``augment`` is the conf/augment node (mosaic9,
-    mixup_beta, box-candidate thresholds, albumentations list). The dataset reports go to ``report_dir``.
+    one_pass, mixup_beta, box-candidate thresholds, albumentations list). The dataset reports go to ``report_dir``.
     """
 
     def __init__(
@@ -145,6 +145,7 @@ class DetectorDataModule(L.LightningDataModule):
             rect=self.rect,
             close_mosaic=self.close_mosaic,
             mosaic9=bool(a.get("mosaic9", False)),
+            one_pass=bool(a.get("one_pass", True)),
             mixup_beta=float(a.get("mixup_beta", 32.0)),
             albumentations=AlbumentationsExtras(a.get("albumentations")),
             **common,

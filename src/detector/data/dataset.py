@@ -91,7 +91,8 @@ class YoloDataset(Dataset):
     ``labelset`` has ``im_files``, ``labels`` (list of (n, 5) ``[cls, x, y, w, h]`` normalised), ``shapes``
     ((n, 2) (w, h)) and ``segments`` (per image, a list of normalised (k, 2) polygons). Items are
     ``(index, epoch)`` tuples from EpochSampler or plain ints (epoch 0); each sample draws all its randomness
-    from ``np.random.default_rng([seed, epoch, index])``.
+    from ``np.random.default_rng([seed, epoch, index])``. ``one_pass`` renders axis-aligned warps straight from
+    the decoded files (see resample); False keeps YOLOv5's resize, canvas and warp for every sample.
     Batches are fetched by a thread pool: ``threads`` threads (0: up to 8, one per CPU) when loading in the
     main process, the CPUs left per worker inside loader workers.
     """
@@ -110,6 +111,7 @@ class YoloDataset(Dataset):
         epochs: int = 300,
         close_mosaic: int = 0,
         mosaic9: bool = False,
+        one_pass: bool = True,
         albumentations: AlbumentationsExtras | Sequence[Any] | None = None,
         cache: str | None = None,
         cache_dir: str | Path | None = None,
@@ -131,6 +133,7 @@ class YoloDataset(Dataset):
         self.epochs = int(epochs)
         self.close_mosaic = int(close_mosaic)
         self.mosaic9 = bool(mosaic9)
+        self.one_pass = bool(one_pass)
         self.mixup_beta = float(mixup_beta)
         self.box_args = dict(wh_thr=wh_thr, ar_thr=ar_thr, area_thr=area_thr, area_thr_segments=area_thr_segments)
         self.hyp = dict(hyp or {})
@@ -244,7 +247,7 @@ class YoloDataset(Dataset):
         warp = None
         if self.augment:  # the draws random_perspective makes on the letterboxed image
             warp = draw_warp(canvas, rng, h["degrees"], h["translate"], h["scale"], h["shear"], h["perspective"])
-        if warp is not None and warp.axis_aligned and (warp.M != np.eye(3)).any():
+        if self.one_pass and warp is not None and warp.axis_aligned and (warp.M != np.eye(3)).any():
             return self._letterboxed_warped(index, canvas, warp)
         index, img, (h0, w0), (hh, ww) = self._load(index)
         img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
@@ -283,7 +286,7 @@ class YoloDataset(Dataset):
         warp = draw_warp((2 * s, 2 * s), rng, h["degrees"], h["translate"], h["scale"], h["shear"],
                          h["perspective"], self.mosaic_border)  # fmt: skip
         full = (cp > 0 and self.has_polygons) or warp.perspective  # copy-paste mirrors the whole canvas
-        if not self.mosaic9 and not full and warp.axis_aligned:  # every YOLOv5 hyp file: tiles straight to output
+        if self.one_pass and not self.mosaic9 and not full and warp.axis_aligned:  # every YOLOv5 hyp file
             img, labels, segments = mosaic4_warped(self._tile_info, self._load_tile, index, self.n, s, rng, warp)
             return img, warp_targets(labels, segments, warp, **self.box_args)
         if self.mosaic9:
