@@ -247,7 +247,8 @@ class YoloDataset(Dataset):
         warp = None
         if self.augment:  # the draws random_perspective makes on the letterboxed image
             warp = draw_warp(canvas, rng, h["degrees"], h["translate"], h["scale"], h["shear"], h["perspective"])
-        if self.one_pass and warp is not None and warp.axis_aligned and (warp.M != np.eye(3)).any():
+        moves = warp is not None and bool((warp.M != np.eye(3)).any())
+        if self.one_pass and moves and warp.axis_aligned:
             return self._letterboxed_warped(index, canvas, warp)
         index, img, (h0, w0), (hh, ww) = self._load(index)
         img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
@@ -255,7 +256,7 @@ class YoloDataset(Dataset):
         if len(labels):
             labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * ww, ratio[1] * hh, pad[0], pad[1])
         if warp is not None:
-            if (warp.M != np.eye(3)).any():
+            if moves:
                 img = apply_warp(img, warp)
             labels = warp_targets(labels, (), warp, **self.box_args)
         return index, img, labels, ((h0, w0), ((hh / h0, ww / w0), pad))

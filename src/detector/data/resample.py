@@ -20,7 +20,7 @@ Rect = tuple[int, int, int, int]
 
 
 def output_rect(ox: int, oy: int, w: int, h: int, canvas: tuple[int, int], warp: Warp) -> Rect | None:
-    """Output pixels (u1, v1, u2, v2) whose nearest canvas pixel lies on the (h, w) tile at (ox, oy), the tile
+    """Output pixels (u1, v1, u2, v2) whose nearest canvas pixel lies on the w x h tile at (ox, oy), the tile
     cropped to the canvas (width, height); None when the output does not show the tile."""
     x1, y1, x2, y2 = max(ox, 0), max(oy, 0), min(ox + w, canvas[0]), min(oy + h, canvas[1])
     (ax, _, tx), (_, ay, ty) = warp.M[:2]
