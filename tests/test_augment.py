@@ -304,7 +304,7 @@ def test_mosaic4_warped_matches_the_two_step_mosaic(s):
         canvas, labels, _ = mosaic4(lambda i: (resize_long_side(tiles[i][0], s, True), *tiles[i][1:]), 0, 6, s,
                                     np.random.default_rng(seed + 9))  # fmt: skip
         ref = to_bgr(apply_warp(canvas, warp))
-        out, labels2, _ = mosaic4_warped(info.__getitem__, lambda i, zoom: (tiles[i][0], i), 0, 6, s,
+        out, labels2, _ = mosaic4_warped(info.__getitem__, lambda i, zoom: (tiles[i][0], i, None), 0, 6, s,
                                          np.random.default_rng(seed + 9), warp)  # fmt: skip
         assert out.shape == (s, s, 3) and out.dtype == np.uint8
         # Same draws and layout; labels move with their tile's pixels, under half an output pixel.
@@ -314,7 +314,9 @@ def test_mosaic4_warped_matches_the_two_step_mosaic(s):
         assert not (differs & ~_edge_band(ref)).any()  # tiles land on the same pixels, edges within 1 px
     rotated = draw_warp((2 * s, 2 * s), np.random.default_rng(0), 10, 0.1, 0.5, 0, 0, (-(s // 2), -(s // 2)))
     with pytest.raises(ValueError, match="rotation"):
-        mosaic4_warped(info.__getitem__, lambda i, zoom: (tiles[i][0], i), 0, 6, s, np.random.default_rng(0), rotated)
+        mosaic4_warped(
+            info.__getitem__, lambda i, zoom: (tiles[i][0], i, None), 0, 6, s, np.random.default_rng(0), rotated
+        )
 
 
 def test_mosaic4_warped_decodes_only_tiles_it_shows_at_the_size_it_needs():
@@ -329,7 +331,7 @@ def test_mosaic4_warped_decodes_only_tiles_it_shows_at_the_size_it_needs():
         def load(i, zoom, calls=calls):
             calls.append(i)
             zooms.append(zoom)
-            return cv2.resize(tiles[i][0], (s, s)), i
+            return cv2.resize(tiles[i][0], (s, s)), i, None
 
         out, labels, _ = mosaic4_warped(info.__getitem__, load, 0, 5, s, np.random.default_rng(seed), warp)
         assert set(zooms[len(zooms) - len(calls) :]) <= {warp.M[0, 0]}  # the zoom asked for is the warp's scale

@@ -249,9 +249,9 @@ def test_mosaic_decodes_big_jpegs_reduced(tmp_path, monkeypatch):
     seen = []
     decode = ds.images.decode
     monkeypatch.setattr(ds.images, "decode", lambda i, reduce=1: seen.append((i, reduce)) or decode(i, reduce))
-    img, j = ds._load_tile(0, 1.0)
+    img, j, _ = ds._load_tile(0, 1.0)
     assert j == 0 and seen == [(0, 8)] and img.shape == (100, 125, 3)  # 1000 / 8 px still covers a 64 px tile
-    img, _ = ds._load_tile(0, 2.5)  # a 160 px tile needs 1/4
+    img, _, _ = ds._load_tile(0, 2.5)  # a 160 px tile needs 1/4
     assert seen[-1] == (0, 4) and img.shape == (200, 250, 3)
     for index in range(6):  # samples stay on their pixels with the reduced decode
         im, px = pixel_labels(*ds[(index % 2, index)][:2])

@@ -26,6 +26,11 @@ def scale_loss_gains(hyp: Mapping, nl: int, nc: int, imgsz: int) -> dict:
     return out
 
 
+def loss_dtype(preds: Sequence[torch.Tensor]) -> torch.dtype:
+    """The loss is computed in float32 under AMP or half models, in float64 for a float64 model."""
+    return torch.promote_types(preds[0].dtype, torch.float32)
+
+
 def smooth_bce(eps: float = 0.0) -> tuple[float, float]:
     """Positive and negative BCE targets with label smoothing ``eps``."""
     return 1.0 - 0.5 * eps, 0.5 * eps
@@ -90,7 +95,7 @@ def match_targets(
     Output order: offset, then anchor, then target.
     """
     # Built from Python scalars only: no small host-to-device copies, which would stall a GPU queue.
-    txywh = targets[:, 2:6].float().clone()  # (nt, 4) in grid units
+    txywh = targets[:, 2:6].to(anchors.dtype, copy=True)  # (nt, 4) in grid units, in the anchors' precision
     txywh[:, 0::2] *= nx
     txywh[:, 1::2] *= ny
     ratio = txywh[None, :, 2:4] / anchors[:, None, :]  # (na, nt, 2)
@@ -164,7 +169,7 @@ class YoloLoss:
     def build_targets(self, preds: Sequence[torch.Tensor], targets: torch.Tensor) -> list[LayerTargets]:
         """Positive samples per level for the current anchors (grid units) of ``model.detect``."""
         device = preds[0].device
-        anchors = self.model.detect.anchors.detach().float().to(device)
+        anchors = self.model.detect.anchors.detach().to(device, loss_dtype(preds))
         targets = targets.to(device)
         return [
             match_targets(targets, anchors[i], p.shape[2], p.shape[3], self.hyp["anchor_t"])
@@ -179,12 +184,12 @@ class YoloLoss:
             bad = (cls < 0) | (cls >= self.nc)
             if bad.any():
                 raise ValueError(f"target class {int(cls[bad][0])} out of range for a model with nc={self.nc}")
-        device = preds[0].device
-        zero = torch.zeros((), device=device)
+        device, dtype = preds[0].device, loss_dtype(preds)
+        zero = torch.zeros((), device=device, dtype=dtype)
         lbox, lobj, lcls = zero, zero, zero
         for i, (p, lt) in enumerate(zip(preds, self.build_targets(preds, targets), strict=True)):
-            p = p.float()  # the loss is computed in float32, also under autocast
-            tobj = torch.zeros(p.shape[:4], device=device)
+            p = p.to(dtype)
+            tobj = torch.zeros(p.shape[:4], device=device, dtype=dtype)
             n = lt.b.shape[0]
             if n:
                 ps = p[lt.b, lt.a, lt.gj, lt.gi]  # (n, no)

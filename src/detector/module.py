@@ -77,6 +77,8 @@ class DetectorModule(L.LightningModule):
         self.warmup_bias_lr = float(hyp["warmup_bias_lr"])  # optimizer=auto may change it
         self._val_loss = torch.zeros(3)
         self._val_batches = 0
+        self.last_loss_items = torch.zeros(3)
+        self.last_grad_norm = torch.zeros(())  # L2 norm of the gradients before the last clipping
 
     # ----------------------------------------------------------------------------------------------- optimization
     @property
@@ -107,7 +109,7 @@ class DetectorModule(L.LightningModule):
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         imgs, targets = batch[0], batch[1]
-        imgs = imgs.float() / 255
+        imgs = (imgs.float() / 255).to(self.dtype)  # float64 under precision=64-true
         ni = batch_idx + self.nb * self.current_epoch
         if self.hparams.multi_scale:
             gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + ni)  # same sizes after a resume
@@ -119,6 +121,7 @@ class DetectorModule(L.LightningModule):
             preds = self.model(imgs)
             loss, items = self.loss_fn(preds, targets)
             self.manual_backward(loss * self.trainer.world_size)
+        self.last_loss_items = items  # (box, obj, cls) of this batch, detached
         if step:
             opt = self.optimizers()
             opt.step()  # clipping happens in on_before_optimizer_step, after AMP has unscaled the gradients
@@ -132,7 +135,8 @@ class DetectorModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after the AMP scaler's unscale_: clipping earlier would clip the scaled gradients.
-        self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+        # torch's clip_grad_norm_ directly (as Lightning's clip_gradients does for this strategy) for its return value.
+        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.hparams.max_grad_norm)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if batch_idx + 1 == self.nb:
@@ -159,7 +163,7 @@ class DetectorModule(L.LightningModule):
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         imgs, targets, _paths, shapes = batch
-        imgs = imgs.float() / 255
+        imgs = (imgs.float() / 255).to(self.dtype)
         height, width = imgs.shape[2:]
         decoded, raw = self.model(imgs)
         self._val_loss += self.loss_fn(raw, targets)[1].cpu()

@@ -231,6 +231,10 @@ def apply_warp(im: np.ndarray, warp: Warp) -> np.ndarray:
     return to_bgr(out) if im.shape[2] == 3 else out
 
 
+_HALF = np.array([[1.0, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+_MINUS_HALF = np.array([[1.0, 0, -0.5], [0, 1, -0.5], [0, 0, 1]])
+
+
 def warp_targets(
     targets: np.ndarray,
     segments: Sequence[np.ndarray],
@@ -239,16 +243,22 @@ def warp_targets(
     ar_thr: float = 100,
     area_thr: float = 0.1,
     area_thr_segments: float = 0.01,
+    pixel_centres: bool = False,
 ) -> np.ndarray:
     """Move pixel-xyxy targets through the warp and keep the box candidates.
 
     Boxes come from the warped corners, or from the polygons resampled to 1000 points when ``segments`` match
-    the targets (then ``area_thr_segments`` applies).
+    the targets (then ``area_thr_segments`` applies). OpenCV's warps map pixel centres (index i at coordinate i),
+    labels use pixel edges (pixel i spans [i, i + 1)): YOLOv5 moves labels by M itself, which puts them
+    0.5 * (s - 1) px from their pixels at warp scale s. ``pixel_centres`` moves them by M's pixel-edge form
+    x -> M(x - 0.5) + 0.5 instead, so that they stay on their pixels.
     """
     n = len(targets)
     if not n:
         return targets
     M, (width, height) = warp.M, warp.size
+    if pixel_centres:
+        M = _HALF @ M @ _MINUS_HALF
     use_segments = len(segments) == n
     if use_segments:
         pts = resample_segments(segments)

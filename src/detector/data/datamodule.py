@@ -132,7 +132,7 @@ class DetectorDataModule(L.LightningDataModule):
             path = labels.report.save(self.report_dir / f"dataset_{split}.txt")
             log.info("%s dataset report saved to %s", split, path)
         a = self.augment
-        box_args = {k: a[k] for k in ("wh_thr", "ar_thr", "area_thr", "area_thr_segments") if k in a}
+        box_args = {k: a[k] for k in ("wh_thr", "ar_thr", "area_thr", "area_thr_segments", "pixel_centres") if k in a}
         common = dict(imgsz=self.imgsz, hyp=self.hyp, stride=self.stride, seed=self.seed, epochs=self.epochs,
                       names=self.names, workers=self.workers, cache=self.cache,
                       cache_dir=self._npy_cache_dir(labels), **box_args)  # fmt: skip
@@ -145,7 +145,8 @@ class DetectorDataModule(L.LightningDataModule):
             rect=self.rect,
             close_mosaic=self.close_mosaic,
             mosaic9=bool(a.get("mosaic9", False)),
-            one_pass=bool(a.get("one_pass", True)),
+            one_pass=bool(a.get("one_pass", False)),
+            reduced_decoding=bool(a.get("reduced_decoding", True)),
             mixup_beta=float(a.get("mixup_beta", 32.0)),
             albumentations=AlbumentationsExtras(a.get("albumentations")),
             **common,

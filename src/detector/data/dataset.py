@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -92,7 +93,9 @@ class YoloDataset(Dataset):
     ((n, 2) (w, h)) and ``segments`` (per image, a list of normalised (k, 2) polygons). Items are
     ``(index, epoch)`` tuples from EpochSampler or plain ints (epoch 0); each sample draws all its randomness
     from ``np.random.default_rng([seed, epoch, index])``. ``one_pass`` renders axis-aligned warps straight from
-    the decoded files (see resample); False keeps YOLOv5's resize, canvas and warp for every sample.
+    the decoded files (see resample), JPEGs decoded at 1/2-1/8 size where the zoom allows (``reduced_decoding``);
+    False (YOLOv5's path) keeps YOLOv5's resize, canvas and warp for every sample. ``pixel_centres`` moves labels
+    as OpenCV moves pixels (see warp_targets) and by the rounded letterbox padding; False keeps YOLOv5's labels.
     Batches are fetched by a thread pool: ``threads`` threads (0: up to 8, one per CPU) when loading in the
     main process, the CPUs left per worker inside loader workers.
     """
@@ -111,7 +114,8 @@ class YoloDataset(Dataset):
         epochs: int = 300,
         close_mosaic: int = 0,
         mosaic9: bool = False,
-        one_pass: bool = True,
+        one_pass: bool = False,
+        reduced_decoding: bool = True,
         albumentations: AlbumentationsExtras | Sequence[Any] | None = None,
         cache: str | None = None,
         cache_dir: str | Path | None = None,
@@ -120,6 +124,7 @@ class YoloDataset(Dataset):
         ar_thr: float = 100.0,
         area_thr: float = 0.1,
         area_thr_segments: float = 0.01,
+        pixel_centres: bool = False,
         mixup_beta: float = 32.0,
         reader: Reader | None = None,
         workers: int = 2,
@@ -134,8 +139,10 @@ class YoloDataset(Dataset):
         self.close_mosaic = int(close_mosaic)
         self.mosaic9 = bool(mosaic9)
         self.one_pass = bool(one_pass)
+        self.reduced_decoding = bool(reduced_decoding)
         self.mixup_beta = float(mixup_beta)
-        self.box_args = dict(wh_thr=wh_thr, ar_thr=ar_thr, area_thr=area_thr, area_thr_segments=area_thr_segments)
+        self.box_args = dict(wh_thr=wh_thr, ar_thr=ar_thr, area_thr=area_thr, area_thr_segments=area_thr_segments,
+                             pixel_centres=bool(pixel_centres))  # fmt: skip
         self.hyp = dict(hyp or {})
         if self.augment:
             missing = [k for k in AUGMENT_HYP_KEYS if k not in self.hyp]
@@ -252,6 +259,8 @@ class YoloDataset(Dataset):
             return self._letterboxed_warped(index, canvas, warp)
         index, img, (h0, w0), (hh, ww) = self._load(index)
         img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
+        if self.box_args["pixel_centres"]:  # the pixels sit at the rounded borders, YOLOv5's labels at dw/2, dh/2
+            pad = (round(pad[0] - 0.1), round(pad[1] - 0.1))
         labels = self.labels[index].copy()
         if len(labels):
             labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * ww, ratio[1] * hh, pad[0], pad[1])
@@ -267,18 +276,19 @@ class YoloDataset(Dataset):
         """``_letterboxed`` for an axis-aligned warp, rendered in one pass from the decoded file (see resample)."""
         (hh, ww), _, _ = self._tile_info(index)
         zoom = warp.M[0, 0] * letterbox_geometry((hh, ww), canvas).ratio[0]
-        img, j = self._load_tile(index, zoom)
+        img, j, extent = self._load_tile(index, zoom)
         (hh, ww), labels, _ = self._tile_info(j)
         g = letterbox_geometry((hh, ww), canvas)
         top, _, left, _ = g.borders
         out = np.full((*canvas, 3), PAD_GREY, np.uint8)
         rect = output_rect(left, top, *g.unpad, canvas[::-1], warp)
-        dx, dy = draw_tile(out, img, left, top, *g.unpad, rect, warp) if rect is not None else (0.0, 0.0)
+        dx, dy = draw_tile(out, img, left, top, *g.unpad, rect, warp, extent) if rect is not None else (0.0, 0.0)
         labels = labels.copy()
+        pad = (left, top) if self.box_args["pixel_centres"] else g.pad
         if len(labels):  # labels follow the pixels' sub-pixel landing offset (dx, dy)
-            labels[:, 1:] = xywhn2xyxy(labels[:, 1:], g.ratio[0] * ww, g.ratio[1] * hh, g.pad[0] + dx, g.pad[1] + dy)
+            labels[:, 1:] = xywhn2xyxy(labels[:, 1:], g.ratio[0] * ww, g.ratio[1] * hh, pad[0] + dx, pad[1] + dy)
         w0, h0 = (int(v) for v in self.shapes[j])
-        return j, out, warp_targets(labels, (), warp, **self.box_args), ((h0, w0), ((hh / h0, ww / w0), g.pad))
+        return j, out, warp_targets(labels, (), warp, **self.box_args), ((h0, w0), ((hh / h0, ww / w0), pad))
 
     def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Mosaic, copy-paste and the perspective warp that crops the 2s canvas to s x s."""
@@ -308,17 +318,22 @@ class YoloDataset(Dataset):
         w0, h0 = self.shapes[i]
         return long_side_size(int(h0), int(w0), self.imgsz), self.labels[i], self.segments[i]
 
-    def _load_tile(self, i: int, zoom: float) -> tuple[np.ndarray, int]:
+    def _load_tile(self, i: int, zoom: float) -> tuple[np.ndarray, int, tuple[float, float]]:
         """Image i (or the next readable one) decoded at the smallest 1/2^k size (k <= 3) that is still at least
-        ``zoom`` times its size on the mosaic canvas."""
+        ``zoom`` times its size on the mosaic canvas; also the index returned and the extent (w, h) of its content
+        in decoded pixels."""
         for j in self._readable(i):
             (_, w), _, _ = self._tile_info(j)
-            reduce, w0 = 1, self.shapes[j][0]
-            while reduce < 8 and w0 / (2 * reduce) >= zoom * w:
+            reduce, (w0, h0) = 1, self.shapes[j]
+            while self.reduced_decoding and reduce < 8 and w0 / (2 * reduce) >= zoom * w:
                 reduce *= 2
             img = self.images.decode(j, reduce)
             if img is not None:
-                return img, j
+                extent = (float(img.shape[1]), float(img.shape[0]))
+                if reduce > 1 and img.shape[:2] == (math.ceil(h0 / reduce), math.ceil(w0 / reduce)):
+                    # libjpeg's scaled decoding returns ceil(w0 / k) pixels, the last one only partly covered
+                    extent = (w0 / reduce, h0 / reduce)
+                return img, j, extent
             self._mark_bad(j)
         raise RuntimeError(f"none of the {self.n} images of the dataset can be read")
 

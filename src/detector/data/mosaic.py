@@ -27,8 +27,9 @@ Loader = Callable[[int], tuple[np.ndarray, np.ndarray, list[np.ndarray]]]
 # describe(i) -> (image i's (h, w) on the canvas, its labels, its polygons), without decoding it
 TileInfo = Callable[[int], tuple[tuple[int, int], np.ndarray, list[np.ndarray]]]
 # load(i, zoom) -> (image i decoded at zoom times its canvas size or more, e.g. a JPEG at 1/2 of its pixels when
-# zoom is 0.4; the index of the image returned, another one when image i cannot be read)
-TileLoader = Callable[[int, float], tuple[np.ndarray, int]]
+# zoom is 0.4; the index of the image returned, another one when image i cannot be read; the (w, h) extent of the
+# image's content in decoded pixels)
+TileLoader = Callable[[int, float], tuple[np.ndarray, int, tuple[float, float]]]
 Mosaic = tuple[np.ndarray, np.ndarray, list[np.ndarray]]
 
 
@@ -162,13 +163,13 @@ def mosaic4_warped(
         rect = output_rect(ox, oy, w, h, (2 * s, 2 * s), warp)
         dx = dy = 0.0
         if rect is not None:
-            im, j = load(i, warp.M[0, 0])
+            im, j, extent = load(i, warp.M[0, 0])
             if j != i:  # image i is unreadable and image j stands in for it
                 (h, w), lab, segs = describe(j)
                 ox, oy, _, _ = _corner(k, xc, yc, w, h)
                 rect = output_rect(ox, oy, w, h, (2 * s, 2 * s), warp)
             if rect is not None:
-                dx, dy = draw_tile(out, im, ox, oy, w, h, rect, warp)
+                dx, dy = draw_tile(out, im, ox, oy, w, h, rect, warp, extent)
         out_lab = lab.astype(np.float32, copy=True)
         if len(out_lab):  # labels follow the pixels' sub-pixel landing offset (dx, dy)
             out_lab[:, 1:] = xywhn2xyxy(lab[:, 1:], w, h, ox + dx, oy + dy)

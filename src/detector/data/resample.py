@@ -31,10 +31,18 @@ def output_rect(ox: int, oy: int, w: int, h: int, canvas: tuple[int, int], warp:
 
 
 def draw_tile(
-    out: np.ndarray, im: np.ndarray, ox: int, oy: int, w: int, h: int, rect: Rect, warp: Warp
+    out: np.ndarray,
+    im: np.ndarray,
+    ox: int,
+    oy: int,
+    w: int,
+    h: int,
+    rect: Rect,
+    warp: Warp,
+    extent: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
-    """Write ``rect`` of ``out`` with the decoded image ``im`` (any size: it is stretched to the w x h tile at
-    (ox, oy) on the canvas) as ``warp`` shows it.
+    """Write ``rect`` of ``out`` with the decoded image ``im`` (any size: its ``extent`` (w, h) in decoded pixels,
+    default its whole array, is stretched to the w x h tile at (ox, oy) on the canvas) as ``warp`` shows it.
 
     Returns how far (dx, dy) the tile's pixels landed from where the warp puts them, in canvas pixels (under half
     an output pixel); moving the tile's labels by it keeps them on their pixels as exactly as YOLOv5's path.
@@ -43,7 +51,8 @@ def draw_tile(
         raise ValueError("one-pass rendering needs a warp without rotation, shear or perspective")
     (ax, _, tx), (_, ay, ty) = warp.M[:2]
     # output pixel u -> canvas x = (u - tx) / ax -> tile pixel x - ox -> decoded pixel (as cv2.resize maps)
-    rx, ry = w / im.shape[1], h / im.shape[0]
+    ew, eh = extent if extent is not None else (im.shape[1], im.shape[0])
+    rx, ry = w / ew, h / eh
     kx, cx = 1 / (ax * rx), ((-tx) / ax - ox + 0.5) / rx - 0.5
     ky, cy = 1 / (ay * ry), ((-ty) / ay - oy + 0.5) / ry - 0.5
     u1, v1, u2, v2 = rect
