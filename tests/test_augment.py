@@ -340,3 +340,27 @@ def test_mosaic4_warped_decodes_only_tiles_it_shows_at_the_size_it_needs():
         skipped += 4 - len(calls)
         assert len(labels) == 4  # every tile's labels, shown or not (the warp's box filter drops unseen ones)
     assert skipped > 0 and 0.5 <= min(zooms) < max(zooms) <= 1.5
+
+
+@pytest.mark.parametrize("s", [0.5, 1.5])
+def test_pixel_centre_labels_follow_opencv_warps(s):
+    """OpenCV maps pixel centres: a warp x -> s x + t shows source edge X at s X + t + 0.5 (1 - s)."""
+    from detector.data.augment import Warp, warp_targets
+
+    M = np.array([[s, 0, 7.0], [0, s, 3.0], [0, 0, 1]])
+    warp = Warp(M, s, (200, 200), False)
+    targets = np.array([[0, 20.0, 30.0, 60.0, 90.0]])
+    yolov5 = warp_targets(targets.copy(), (), warp)
+    exact = warp_targets(targets.copy(), (), warp, pixel_centres=True)
+    np.testing.assert_allclose(yolov5[0, 1:], [s * 20 + 7, s * 30 + 3, s * 60 + 7, s * 90 + 3])
+    np.testing.assert_allclose(exact[0, 1:], yolov5[0, 1:] + 0.5 * (1 - s))
+    if s < 1:
+        return  # a shrunk step edge is sampled, not interpolated: its crossing cannot show the sub-pixel position
+    # and the pixels agree: a step edge at X = 40 lands where the pixel-centre labels say
+    im = np.zeros((120, 120, 3), np.uint8)
+    im[:, 40:] = 255
+    out = cv2.warpAffine(im, M[:2], (200, 200))
+    row = out[50, :, 0].astype(float) / 255
+    i = int(np.argmax(row >= 0.5))
+    edge = i - 0.5 + (0.5 - row[i - 1]) / (row[i] - row[i - 1])  # 50 % crossing, pixel centres at i + 0.5
+    assert abs(edge - (s * 40 + 7 + 0.5 * (1 - s))) < 0.05
