@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 from detector.boxes import xywhn2xyxy, xyxy2xywhn
 from detector.data.augment import (
     AlbumentationsExtras,
+    LetterboxGeometry,
     Warp,
     apply_warp,
     augment_hsv,
@@ -258,9 +259,8 @@ class YoloDataset(Dataset):
         if self.one_pass and moves and warp.axis_aligned:
             return self._letterboxed_warped(index, canvas, warp)
         index, img, (h0, w0), (hh, ww) = self._load(index)
-        img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
-        if self.box_args["pixel_centres"]:  # the pixels sit at the rounded borders, YOLOv5's labels at dw/2, dh/2
-            pad = (round(pad[0] - 0.1), round(pad[1] - 0.1))
+        img, ratio, _ = letterbox(img, shape, auto=False, scaleup=self.augment)
+        pad = self._label_pad(letterbox_geometry((hh, ww), shape, scaleup=self.augment))
         labels = self.labels[index].copy()
         if len(labels):
             labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * ww, ratio[1] * hh, pad[0], pad[1])
@@ -284,11 +284,16 @@ class YoloDataset(Dataset):
         rect = output_rect(left, top, *g.unpad, canvas[::-1], warp)
         dx, dy = draw_tile(out, img, left, top, *g.unpad, rect, warp, extent) if rect is not None else (0.0, 0.0)
         labels = labels.copy()
-        pad = (left, top) if self.box_args["pixel_centres"] else g.pad
+        pad = self._label_pad(g)
         if len(labels):  # labels follow the pixels' sub-pixel landing offset (dx, dy)
             labels[:, 1:] = xywhn2xyxy(labels[:, 1:], g.ratio[0] * ww, g.ratio[1] * hh, pad[0] + dx, pad[1] + dy)
         w0, h0 = (int(v) for v in self.shapes[j])
         return j, out, warp_targets(labels, (), warp, **self.box_args), ((h0, w0), ((hh / h0, ww / w0), pad))
+
+    def _label_pad(self, g: LetterboxGeometry) -> tuple[float, float]:
+        """Where labels go on a letterboxed image: the rounded borders the pixels sit at (``pixel_centres``), or
+        YOLOv5's unrounded (dw / 2, dh / 2)."""
+        return (g.borders[2], g.borders[0]) if self.box_args["pixel_centres"] else g.pad
 
     def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Mosaic, copy-paste and the perspective warp that crops the 2s canvas to s x s."""
