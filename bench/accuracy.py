@@ -7,7 +7,8 @@
 Both train yolov5n from scratch with hyp scratch-low, SGD, batch 16, AutoAnchor on, our defaults otherwise. Runs
 alternate (YOLOv5 seed 0, ours seed 0, YOLOv5 seed 1, ...) so that drift of the machine hits both alike. Prints
 per-epoch train/val losses (mean and min-max over the seeds) and final mAP@0.5 and mAP@0.5:0.95 per seed, with
-mean and spread; writes everything to ``--out`` as JSON. ``--data`` is ``shapes`` (the built-in dataset),
+mean and spread; writes everything to ``--out`` as JSON. Runs already finished under ``--out`` are reused, so
+an interrupted call continues where it stopped. ``--data`` is ``shapes`` (the built-in dataset),
 ``small-objects`` (generated here: 480-800 px images with 2-10 objects of 8-48 px) or a YOLOv5 data yaml.
 """
 
@@ -170,8 +171,12 @@ def main() -> None:
     times: dict[str, list[float]] = {t: [] for t in args.trainers}
     for seed in args.seeds:
         for trainer in args.trainers:
+            done = out / f"{trainer}-seed{seed}" / "results.csv"
             t0 = time.perf_counter()
-            path = (run_yolov5 if trainer == "yolov5" else run_ours)(data, args, seed, out)
+            if done.exists() and len(read_results(done).get("train/box_loss", [])) == args.epochs:
+                path = done  # finished in an earlier, interrupted call with the same --out: reused, time 0
+            else:
+                path = (run_yolov5 if trainer == "yolov5" else run_ours)(data, args, seed, out)
             times[trainer].append(time.perf_counter() - t0)
             runs[trainer][seed] = read_results(path)
             print(f"{trainer} seed {seed}: {times[trainer][-1]:.0f} s, final mAP@0.5:0.95 "

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans
 
-from detector.anchors import anchor_fitness, anchor_metrics, kmean_anchors, label_wh
+from detector.anchor_search import kmean_anchors
+from detector.anchors import anchor_fitness, anchor_metrics, label_wh
 
 
 def make_dataset(n_boxes: int, seed: int = 0, per_image: int = 5) -> tuple[list[np.ndarray], np.ndarray]:

@@ -112,16 +112,16 @@ def run_detector(args: argparse.Namespace, stats: Stats) -> str:
     import tempfile
 
     sys.path.insert(0, str(ROOT))
-    from detector.data import augment
+    from detector.data import geometry
     from detector.data.config import load_data_config
     from detector.train import build_datamodule
     from tests.helpers import compose_train
 
-    augment.box_candidates = counting(augment.box_candidates, stats)
+    geometry.box_candidates = counting(geometry.box_candidates, stats)
     overrides = [f"hyp={args.hyp}", f"imgsz={args.imgsz}", f"batch_size={args.batch}", f"seed={args.seed}"]
     cfg = compose_train([*overrides, "workers=0", "run_dir=" + tempfile.mkdtemp(), *args.overrides])
     data = load_data_config(str(resolve_data(args.data)), cfg.datasets_dir, str(ROOT))
-    dm = build_datamodule(cfg, data, Path(cfg.run_dir))
+    dm = build_datamodule(cfg, data, stride=32)  # every yolov5 P5 model
     dm.setup("fit")
     return _consume(dm, args, stats)
 

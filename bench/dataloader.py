@@ -20,7 +20,8 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from detector.data.augment import AlbumentationsExtras
+from detector import CONF_DIR
+from detector.data.albumentations_extras import AlbumentationsExtras
 from detector.data.config import img2label_paths, list_image_files, load_data_config
 from detector.data.datamodule import init_loader_worker
 from detector.data.dataset import YoloDataset
@@ -28,7 +29,7 @@ from detector.data.labels import default_cache_path, load_labels
 from detector.data.sampler import EpochSampler
 from detector.data.shapes import CLASSES, render_sample
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(CONF_DIR)
 
 
 def measure(dataset: YoloDataset, batch: int, workers: int, batches: int, seed: int = 0) -> float:

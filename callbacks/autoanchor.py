@@ -14,7 +14,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from detector.anchors import AnchorCheck, check_anchors, label_wh
+from detector.anchor_check import AnchorCheck, check_anchors
+from detector.anchors import label_wh
 
 logger = logging.getLogger(__name__)
 

@@ -124,10 +124,7 @@ def replay(ref: dict[str, Any], run_dir: Path, overrides: list[str] = (), iterat
     iterations = len(ref["batches"]) if iterations is None else iterations
     module = build_module(cfg, meta["nc"], {i: str(i) for i in range(meta["nc"])})
     module.model.load_state_dict(ref["init_state"])
-    callbacks = {k: instantiate(v) for k, v in cfg.callbacks.items() if k in ("warmup", "ema") and v is not None}
-    for cb in callbacks.values():
-        if hasattr(cb, "plot"):
-            cb.plot = False
+    callbacks = {k: instantiate(v) for k, v in cfg.callbacks.items() if k == "ema" and v is not None}
     ema = callbacks.get("ema")
     recorder = StepRecorder(ema)
     loader = DataLoader(RecordedBatches(ref, nb), batch_size=None, sampler=_EpochBatches(nb), num_workers=0)

@@ -5,19 +5,15 @@ import logging
 import numpy as np
 import pytest
 
+from detector.anchor_check import check_anchors
+from detector.anchor_search import default_anchor_spread, evolve_anchors, kmean_anchors, population_fitness, spread_init
 from detector.anchors import (
     anchor_fitness,
     anchor_metrics,
-    check_anchors,
-    default_anchor_spread,
     describe_anchors,
-    evolve_anchors,
-    kmean_anchors,
     label_wh,
     order_anchors_by_stride,
-    population_fitness,
     ratio_metric,
-    spread_init,
 )
 
 DEFAULT = np.array(
@@ -196,7 +192,7 @@ def test_check_anchors_force_takes_new_anchors_for_placeholders():
 
 
 def test_check_anchors_keeps_old_when_new_not_better(monkeypatch):
-    import detector.anchors as mod
+    import detector.anchor_check as mod
 
     wh = elongated()
     monkeypatch.setattr(mod, "kmean_anchors", lambda *a, **k: np.full((9, 2), 1000.0, np.float32))
@@ -236,7 +232,7 @@ def test_check_anchors_rejects_bad_shapes():
     ],
 )
 def test_degenerate_data_warns_and_stays_finite(wh, message, caplog):
-    with caplog.at_level(logging.WARNING, logger="detector.anchors"):
+    with caplog.at_level(logging.WARNING, logger="detector.anchor_search"):
         k = kmean_anchors(wh, 9, 640, 4.0, gen=30, rng=np.random.default_rng(0))
     assert message in caplog.text
     assert k.shape == (9, 2) and np.isfinite(k).all() and (k >= 2.0).all()
@@ -246,7 +242,7 @@ def test_degenerate_data_warns_and_stays_finite(wh, message, caplog):
 
 def test_kmeans_with_empty_clusters_falls_back(caplog):
     wh = np.concatenate([np.full((2000, 2), 50.0), np.random.default_rng(0).uniform(5, 500, (9, 2))])
-    with caplog.at_level(logging.WARNING, logger="detector.anchors"):
+    with caplog.at_level(logging.WARNING, logger="detector.anchor_search"):
         k = kmean_anchors(wh, 9, 640, 4.0, gen=30, rng=np.random.default_rng(0))
     assert "kmeans requested 9 points but returned" in caplog.text  # YOLOv5 #3482, here a fallback
     assert np.isfinite(k).all() and k.shape == (9, 2)

@@ -4,22 +4,12 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.data.augment import (
-    AlbumentationsExtras,
-    apply_warp,
-    augment_hsv,
-    box_candidates,
-    copy_paste,
-    draw_warp,
-    flip_lr,
-    flip_ud,
-    letterbox,
-    mixup,
-    random_perspective,
-    source_roi,
-    to_bgr,
-)
+from detector.data.albumentations_extras import AlbumentationsExtras
+from detector.data.augment import copy_paste, flip_lr, flip_ud, mixup
+from detector.data.geometry import apply_warp, box_candidates, draw_warp, random_perspective, source_roi
+from detector.data.letterbox import letterbox
 from detector.data.mosaic import mosaic4, mosaic4_warped, mosaic9
+from detector.data.photometric import augment_hsv, to_bgr
 from tests.helpers import PALETTE
 
 BG = (114, 114, 114)
@@ -345,7 +335,7 @@ def test_mosaic4_warped_decodes_only_tiles_it_shows_at_the_size_it_needs():
 @pytest.mark.parametrize("s", [0.5, 1.5])
 def test_pixel_centre_labels_follow_opencv_warps(s):
     """OpenCV maps pixel centres: a warp x -> s x + t shows source edge X at s X + t + 0.5 (1 - s)."""
-    from detector.data.augment import Warp, warp_targets
+    from detector.data.geometry import Warp, warp_targets
 
     M = np.array([[s, 0, 7.0], [0, s, 3.0], [0, 0, 1]])
     warp = Warp(M, s, (200, 200), False)

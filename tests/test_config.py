@@ -117,6 +117,20 @@ def test_prepare_config_checks_choices(tmp_path):
     assert cfg.hyp.lr0 == 0.02 and cfg.trainer.precision in ("32-true", "16-mixed")
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.max_epochs=5"], "trainer.max_epochs=5 differs from epochs=40"),
+        (["hyp.anchors=3", "autoanchor=false"], "hyp.anchors=3 asks AutoAnchor"),
+        (["hyp=VOC", "callbacks.autoanchor=null"], r"hyp.anchors=3.412 asks AutoAnchor"),
+    ],
+)
+def test_prepare_config_refuses_settings_with_two_owners(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        prepare_config(compose_train([f"run_dir={tmp_path}", *overrides]))
+    prepare_config(compose_train([f"run_dir={tmp_path}", "epochs=5", "trainer.max_epochs=5", "hyp.anchors=3"]))
+
+
 def test_resolve_ckpt_path(tmp_path):
     assert resolve_ckpt_path(None) is None
     with pytest.raises(ConfigError, match="no weights/last.ckpt"):
@@ -137,3 +151,28 @@ def test_resolve_ckpt_path(tmp_path):
 def test_resolve_precision():
     assert resolve_precision(OmegaConf.create({"precision": "bf16-mixed"})) == "bf16-mixed"
     assert resolve_precision(OmegaConf.create({"precision": "auto", "accelerator": "cpu"})) == "32-true"
+
+
+def test_info_logs_come_from_rank_zero_only(monkeypatch):
+    import logging
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from detector.rank_logging import filter_to_rank_zero
+
+    logger = logging.getLogger("detector.test_rank")
+    logger.propagate = False
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    filter_to_rank_zero(logger)
+    filter_to_rank_zero(logger)  # idempotent
+    assert len(handler.filters) == 1
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    logger.info("rank 1 info")
+    logger.warning("rank 1 warning")
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    logger.info("rank 0 info")
+    assert records == ["rank 1 warning", "rank 0 info"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from detector import CONF_DIR
 from detector.callbacks.dataset_plots import DatasetPlots
 from detector.data.config import load_data_config
 from detector.data.datamodule import DetectorDataModule
@@ -17,10 +18,10 @@ from detector.data.multiscale import multi_scale, random_size
 from detector.data.sampler import EpochSampler
 from detector.plots.batches import plot_images
 from detector.plots.labels import plot_labels
+from detector.train import build_datamodule
+from tests.helpers import compose_train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-HYP = yaml.safe_load((CONF / "hyp" / "scratch-low.yaml").read_text())
-AUGMENT = yaml.safe_load((CONF / "augment" / "default.yaml").read_text())
+CONF = Path(CONF_DIR)
 
 
 def write_dataset(root: Path, n_train: int = 10, n_val: int = 6, seed: int = 0) -> Path:
@@ -53,8 +54,9 @@ def data_yaml(tmp_path_factory):
 
 
 def make_dm(data_yaml, tmp_path, **kw):
-    args = dict(hyp=HYP, imgsz=64, batch_size=4, workers=0, seed=0, epochs=3, augment=AUGMENT, report_dir=tmp_path)
-    return DetectorDataModule(load_data_config(data_yaml, tmp_path, tmp_path), **(args | kw))
+    """The config's datamodule (scratch-low, default augment) at 64 px, batch 4, 3 epochs; ``kw`` overrides."""
+    cfg = compose_train([f"run_dir={tmp_path}", "imgsz=64", "batch_size=4", "workers=0", "epochs=3"])
+    return build_datamodule(cfg, load_data_config(data_yaml, tmp_path, tmp_path), stride=32, **kw)
 
 
 def test_datamodule_builds_loaders_with_the_right_shapes(data_yaml, tmp_path):
@@ -215,3 +217,27 @@ def test_preview_writes_pictures_and_reports(data_yaml, tmp_path):
         ]  # fmt: skip
     )
     assert all(p.is_file() for p in paths)
+
+
+def test_batch_size_must_divide_by_the_devices(data_yaml, tmp_path, monkeypatch):
+    dm = make_dm(data_yaml, tmp_path, batch_size=6)
+    monkeypatch.setattr(DetectorDataModule, "_world", lambda self: (4, 0, 4))
+    with pytest.raises(ValueError, match="batch_size=6 does not divide by the 4 devices"):
+        dm.setup("fit")
+    dm = make_dm(data_yaml, tmp_path, batch_size=8)
+    dm.setup("fit")
+    assert dm._train_batch == 2
+
+
+def test_prepare_data_keeps_no_state_and_setup_reloads_quietly(data_yaml, tmp_path, caplog):
+    import logging
+
+    dm = make_dm(data_yaml, tmp_path)
+    with caplog.at_level(logging.INFO, logger="detector.data.labels"):
+        dm.prepare_data()
+        assert dm._labelsets == {} and dm.train_dataset is None
+        reports = len([r for r in caplog.records if "images" in r.getMessage()])
+        assert reports >= 2  # train and val summaries
+        dm.setup("fit")
+        assert len([r for r in caplog.records if "images" in r.getMessage()]) == reports  # no second report
+    assert len(dm.train_dataset) == 10

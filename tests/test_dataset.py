@@ -101,7 +101,9 @@ def test_letterbox_sample_keeps_boxes_on_pixels_with_warp(labelset, degrees):
 
 
 def test_one_pass_letterbox_matches_letterbox_then_warp(labelset):
-    from detector.data.augment import apply_warp, draw_warp, letterbox, to_bgr, warp_targets
+    from detector.data.geometry import apply_warp, draw_warp, warp_targets
+    from detector.data.letterbox import letterbox
+    from detector.data.photometric import to_bgr
 
     hyp = HYP0 | dict(scale=0.5, translate=0.1)
     ds = YoloDataset(labelset, imgsz=96, hyp=hyp, augment=True)

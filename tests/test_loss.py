@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from torch.nn import functional as F
 
+from detector import CONF_DIR
 from detector.loss import (
     BCEWithLogits,
     FocalLoss,
@@ -21,7 +21,6 @@ from detector.loss import (
 )
 from detector.models import DetectionModel
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 HYP = {
     "lr0": 0.01,
     "box": 0.05,

@@ -5,15 +5,14 @@ from __future__ import annotations
 import copy
 import math
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from detector import CONF_DIR
 from detector.models import Detect, DetectionModel, check_anchor_order
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 DEFAULT_ANCHORS_PX = torch.tensor(
     [[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]], [[116, 90], [156, 198], [373, 326]]],
     dtype=torch.float32,

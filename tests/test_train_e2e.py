@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from callbacks.results_csv import COLUMNS, read_results
 from detector.data.shapes import ensure_shapes_dataset
-from detector.optim import count_optimizer_steps, warmup_iters
+from detector.schedule import TrainingSchedule
 from detector.train import run
 from tests.helpers import compose_train
 
@@ -58,36 +59,64 @@ def test_one_epoch_run_writes_results_and_checkpoints(tiny_data, tmp_path):
     assert not torch.allclose(anchors[0], DEFAULT_P3_ANCHORS)
 
 
+def schedule_of(cfg, nb: int) -> TrainingSchedule:
+    hyp = cfg.hyp
+    return TrainingSchedule(
+        nb=nb, epochs=cfg.epochs, batch_size=cfg.batch_size, lr0=hyp.lr0, momentum=hyp.momentum,
+        warmup_bias_lr=hyp.warmup_bias_lr, lrf=hyp.lrf, warmup_epochs=hyp.warmup_epochs,
+        warmup_momentum=hyp.warmup_momentum, **cfg.schedule,
+    )  # fmt: skip
+
+
 def test_optimizer_steps_follow_yolov5_rule(tiny_data, tmp_path):
     # 16 images, batch 4 -> nb = 4; accumulate ramps 1 -> 16 over the 100-iteration minimum warmup.
     epochs, bs, nb = 3, 4, 4
-    cfg = tiny_cfg(tiny_data, tmp_path, f"epochs={epochs}", f"batch_size={bs}", "autoanchor=false")
+    cfg = tiny_cfg(tiny_data, tmp_path, f"epochs={epochs}", f"batch_size={bs}", "autoanchor=false",
+                   "trainer.log_every_n_steps=1")  # fmt: skip
     run(cfg)
     ckpt = torch.load(tmp_path / "weights" / "last.ckpt", map_location="cpu", weights_only=False)
-    nw = warmup_iters(cfg.hyp.warmup_epochs, nb, 100)
-    expected = count_optimizer_steps(nb=nb, epochs=epochs, batch_size=bs, nbs=64, nw=nw)
+    expected = schedule_of(cfg, nb)
     # By hand: during warmup accumulate = round(1 + 15 * ni / 100), so steps fall at ni = 0, 1, 2, 3, 5, 7, 9.
-    assert expected == 7
-    assert ckpt["global_step"] == expected
+    assert expected.optimizer_steps() == 7
+    assert ckpt["global_step"] == 7
     assert ckpt["last_opt_step"] == 9
-    # COCO mAP (slow pycocotools) is computed at the final epoch only (val.coco=final).
     import csv
 
     rows = list(csv.DictReader((tmp_path / "logs" / "metrics.csv").open()))
+    # Every batch logged the lr, momentum and accumulation the module applied: the schedule's plan.
+    steps = [r for r in rows if r.get("lr/pg0")]
+    plan = expected.plan()
+    assert len(steps) == epochs * nb
+    np.testing.assert_allclose([[float(r[f"lr/pg{j}"]) for j in range(3)] for r in steps], plan.lr, rtol=1e-6)
+    np.testing.assert_allclose([float(r["momentum"]) for r in steps], plan.momentum, rtol=1e-6)
+    assert [int(float(r["accumulate"])) for r in steps] == plan.accumulate.tolist()
+    # COCO mAP (slow pycocotools) is computed at the final epoch only (val.coco=final).
     coco_epochs = sorted({int(r["epoch"]) for r in rows if r.get("metrics/coco_mAP")})
     assert coco_epochs == [epochs - 1]
 
 
 def test_resume_continues_schedule_and_step_rule(tiny_data, tmp_path):
-    first, second = tmp_path / "a", tmp_path / "b"
-    run(tiny_cfg(tiny_data, first, "epochs=3", "trainer.max_epochs=1", "autoanchor=false"))
+    """A run stopped after epoch 0 and resumed trains epochs 1-2 at the lr and step count of an uninterrupted run.
+
+    Short warmup (3 iterations) so the resumed epochs are past it, on the per-epoch schedule."""
+    whole, first, second = tmp_path / "whole", tmp_path / "a", tmp_path / "b"
+    common = ("epochs=3", "autoanchor=false", "hyp.warmup_epochs=0.5", "schedule.min_warmup_iters=3", "nbs=16")
+    run(tiny_cfg(tiny_data, whole, *common))
+    stop = ("+callbacks.stop._target_=tests.helpers.StopAfterEpochs", "+callbacks.stop.epochs=1")
+    run(tiny_cfg(tiny_data, first, *common, *stop))
     ckpt = torch.load(first / "weights" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["epoch"] == 0 and ckpt["lr_schedulers"][0]["last_epoch"] == 0
-    run(tiny_cfg(tiny_data, second, "epochs=3", f"ckpt_path={first / 'weights' / 'last.ckpt'}", "autoanchor=false"))
-    rows = read_results(second / "results.csv")
+    assert ckpt["epoch"] == 0
+    run(tiny_cfg(tiny_data, second, *common, f"ckpt_path={first / 'weights' / 'last.ckpt'}"))
+    rows, ref = read_results(second / "results.csv"), read_results(whole / "results.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r, w in zip(rows, ref[1:], strict=True):
+        assert [r[f"x/lr{j}"] for j in range(3)] == [w[f"x/lr{j}"] for j in range(3)]
     resumed = torch.load(second / "weights" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert resumed["epoch"] == 2 and resumed["lr_schedulers"][0]["last_epoch"] == 2
+    uninterrupted = torch.load(whole / "weights" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["epoch"] == 2
+    steps = schedule_of(tiny_cfg(tiny_data, whole, *common), nb=2).optimizer_steps()
+    assert resumed["global_step"] == uninterrupted["global_step"] == steps
+    assert resumed["last_opt_step"] == uninterrupted["last_opt_step"]
 
 
 def test_training_runs_on_the_good_files_of_a_broken_dataset(tiny_data, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,15 +18,8 @@ from detector.loss import YoloLoss, scale_loss_gains
 from detector.metrics import DetectionEvaluator, fitness, format_per_class_table
 from detector.models import DetectionModel
 from detector.nms import non_max_suppression
-from detector.optim import (
-    accumulate_for,
-    auto_iterations,
-    build_optimizer,
-    build_scheduler,
-    lr_lambda,
-    resolve_optimizer,
-    scaled_weight_decay,
-)
+from detector.optim import OptimizerChoice, auto_iterations, build_optimizer, resolve_optimizer, scaled_weight_decay
+from detector.schedule import TrainingSchedule
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +31,13 @@ class DetectorModule(L.LightningModule):
 
     The step rule cannot use Lightning's ``accumulate_grad_batches``: YOLOv5 changes ``accumulate`` every batch during
     warmup and sums (never averages) the gradients of ``loss * batch_size * world_size`` over the accumulated batches.
+    ``schedule`` holds the rule's settings beyond the hyp (``nbs``, ``cos_lr``, ``min_warmup_iters``,
+    ``ramp_adam_beta1``); :attr:`schedule` is the resulting :class:`TrainingSchedule`, applied before every batch.
     """
 
     def __init__(
         self,
+        *,
         model: Mapping[str, Any],
         nc: int,
         names: Mapping[int, str],
@@ -48,15 +45,14 @@ class DetectorModule(L.LightningModule):
         imgsz: int,
         epochs: int,
         batch_size: int,
-        optimizer: str = "SGD",
-        cos_lr: bool = False,
-        nbs: int = 64,
-        max_grad_norm: float = 10.0,
-        label_smoothing: float = 0.0,
-        single_cls: bool = False,
-        multi_scale: bool = False,
-        seed: int = 0,
-        val: Mapping[str, Any] | None = None,
+        schedule: Mapping[str, Any],
+        optimizer: str,
+        max_grad_norm: float,
+        label_smoothing: float,
+        single_cls: bool,
+        multi_scale: bool,
+        seed: int,
+        val: Mapping[str, Any],
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -65,16 +61,13 @@ class DetectorModule(L.LightningModule):
         self.model = DetectionModel(model, nc=nc, anchors=hyp.get("anchors"))
         self.hyp = scale_loss_gains(hyp, self.model.detect.nl, nc, imgsz)
         self.loss_fn = YoloLoss(self.model, self.hyp, label_smoothing=label_smoothing)
-        self.val_cfg = dict(val or {})
+        self.val_cfg = dict(val)
         self.evaluator = DetectionEvaluator(
-            nc,
-            names=self.names,
-            ap_method=self.val_cfg.get("ap_method", "interp"),
-            coco=self.val_cfg.get("coco", "final") != "never",
+            nc, names=self.names, ap_method=self.val_cfg["ap_method"], coco=self.val_cfg["coco"] != "never"
         )
-        self.accumulate = accumulate_for(batch_size, nbs)  # the warmup callback changes it per batch
         self.last_opt_step = -1
-        self.warmup_bias_lr = float(hyp["warmup_bias_lr"])  # optimizer=auto may change it
+        self._choice: OptimizerChoice | None = None  # set by configure_optimizers (optimizer=auto resolves there)
+        self._schedule: TrainingSchedule | None = None
         self._val_loss = torch.zeros(3)
         self._val_batches = 0
         self.last_loss_items = torch.zeros(3)
@@ -84,25 +77,49 @@ class DetectorModule(L.LightningModule):
     @property
     def nb(self) -> int:
         """Training batches per epoch on this rank."""
-        return int(self.trainer.num_training_batches)
+        nb = self.trainer.num_training_batches
+        if not math.isfinite(nb) or nb < 1:
+            raise RuntimeError(f"the step rule needs a sized train dataloader; num_training_batches={nb}")
+        return int(nb)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    @property
+    def schedule(self) -> TrainingSchedule:
+        """The run's lr / momentum / accumulation schedule (known once the train loader is set up)."""
+        if self._choice is None:
+            raise RuntimeError("the schedule exists after configure_optimizers")
+        nb = self.nb
+        if self._schedule is None or self._schedule.nb != nb:
+            hp, hyp = self.hparams, self.hparams.hyp
+            self._schedule = TrainingSchedule(
+                nb=nb,
+                epochs=hp.epochs,
+                batch_size=hp.batch_size,
+                lr0=self._choice.lr,
+                momentum=self._choice.momentum,
+                warmup_bias_lr=self._choice.warmup_bias_lr,
+                lrf=float(hyp["lrf"]),
+                warmup_epochs=float(hyp["warmup_epochs"]),
+                warmup_momentum=float(hyp["warmup_momentum"]),
+                **hp.schedule,
+            )
+        return self._schedule
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
+        nbs = int(hp.schedule["nbs"])
         n_images = len(self.trainer.datamodule.train_dataset) if self.trainer.datamodule is not None else 0
-        choice = resolve_optimizer(
+        self._choice = resolve_optimizer(
             hp.optimizer,
             lr0=float(hp.hyp["lr0"]),
             momentum=float(hp.hyp["momentum"]),
             warmup_bias_lr=float(hp.hyp["warmup_bias_lr"]),
             nc=hp.nc,
-            iterations=auto_iterations(n_images, hp.batch_size, hp.nbs, hp.epochs),
+            iterations=auto_iterations(n_images, hp.batch_size, nbs, hp.epochs),
         )
-        self.warmup_bias_lr = choice.warmup_bias_lr
-        decay = scaled_weight_decay(float(hp.hyp["weight_decay"]), hp.batch_size, self.accumulate, hp.nbs)
-        optimizer = build_optimizer(self.model, choice.name, choice.lr, choice.momentum, decay)
-        scheduler = build_scheduler(optimizer, lr_lambda(hp.epochs, float(hp.hyp["lrf"]), hp.cos_lr))
-        # Stepped by on_train_batch_end after the epoch's last batch (manual optimization steps nothing itself).
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        self._schedule = None
+        decay = scaled_weight_decay(float(hp.hyp["weight_decay"]), hp.batch_size, nbs)
+        # No LR scheduler: the schedule sets every group's lr before each batch (stateless, so resume is exact).
+        return build_optimizer(self.model, self._choice.name, self._choice.lr, self._choice.momentum, decay)
 
     def on_train_epoch_start(self) -> None:
         self.optimizers().zero_grad()  # YOLOv5 drops gradients left over from the previous epoch
@@ -111,10 +128,12 @@ class DetectorModule(L.LightningModule):
         imgs, targets = batch[0], batch[1]
         imgs = (imgs.float() / 255).to(self.dtype)  # float64 under precision=64-true
         ni = batch_idx + self.nb * self.current_epoch
+        opt = self.optimizers()
+        values = self.schedule.apply(opt.param_groups, ni)
         if self.hparams.multi_scale:
             gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + ni)  # same sizes after a resume
             imgs = multi_scale(imgs, self.hparams.imgsz, int(self.model.stride.max()), gen)
-        step = ni - self.last_opt_step >= self.accumulate
+        step = self.schedule.steps_at(ni, self.last_opt_step)
         # Under DDP, skip the gradient all-reduce on batches that only accumulate.
         no_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
         with contextlib.nullcontext() if step or no_sync is None else no_sync():
@@ -123,7 +142,6 @@ class DetectorModule(L.LightningModule):
             self.manual_backward(loss * self.trainer.world_size)
         self.last_loss_items = items  # (box, obj, cls) of this batch, detached
         if step:
-            opt = self.optimizers()
             opt.step()  # clipping happens in on_before_optimizer_step, after AMP has unscaled the gradients
             opt.zero_grad()
             self.last_opt_step = ni
@@ -131,19 +149,18 @@ class DetectorModule(L.LightningModule):
         for name, value in zip(LOSS_NAMES, items, strict=True):
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs)
         self.log("loss", items.sum(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
+        step_metrics = {f"lr/pg{j}": lr for j, lr in enumerate(values.lrs)}
+        self.log_dict({**step_metrics, "momentum": values.momentum, "accumulate": float(values.accumulate)},
+                      on_step=True, on_epoch=False, batch_size=1)  # fmt: skip
+        if batch_idx + 1 == self.nb:  # YOLOv5's x/lr columns: each group's lr in the epoch's last batch
+            for j, lr in enumerate(values.lrs):
+                self.log(f"x/lr{j}", lr, on_step=False, on_epoch=True, batch_size=1)
         return loss.detach()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after the AMP scaler's unscale_: clipping earlier would clip the scaled gradients.
         # torch's clip_grad_norm_ directly (as Lightning's clip_gradients does for this strategy) for its return value.
         self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.hparams.max_grad_norm)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if batch_idx + 1 == self.nb:
-            # YOLOv5 logs the lr of each group just before the per-epoch scheduler step, which follows the batch loop.
-            for j, group in enumerate(self.optimizers().param_groups):
-                self.log(f"x/lr{j}", group["lr"], on_step=False, on_epoch=True, batch_size=1)
-            self.lr_schedulers().step()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["last_opt_step"] = self.last_opt_step
@@ -153,9 +170,9 @@ class DetectorModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        coco = self.val_cfg.get("coco", "final")
+        coco = self.val_cfg["coco"]
         fitting = self.trainer.state.fn == TrainerFn.FITTING
-        last_epoch = self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
+        last_epoch = self.current_epoch + 1 >= self.hparams.epochs
         self.evaluator.coco_active = coco == "always" or (coco == "final" and (last_epoch or not fitting))
         self.evaluator.reset()
         self._val_loss = torch.zeros(3)
@@ -170,9 +187,9 @@ class DetectorModule(L.LightningModule):
         self._val_batches += 1
         dets = non_max_suppression(
             decoded,
-            conf_thres=self.val_cfg.get("conf_thres", 0.001),
-            iou_thres=self.val_cfg.get("iou_thres", 0.6),
-            max_det=self.val_cfg.get("max_det", 300),
+            conf_thres=self.val_cfg["conf_thres"],
+            iou_thres=self.val_cfg["iou_thres"],
+            max_det=self.val_cfg["max_det"],
             multi_label=True,
             agnostic=self.hparams.single_cls,
         )
@@ -208,7 +225,7 @@ class DetectorModule(L.LightningModule):
         self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False)
         self.log("mAP50", float(results["mAP_0.5"]), prog_bar=True)
         self.last_val_results = results
-        if self.current_epoch + 1 >= self.trainer.max_epochs:
+        if self.current_epoch + 1 >= self.hparams.epochs:
             log.info("\n%s", format_per_class_table(results, self.names))
 
     # ---------------------------------------------------------------------------------------------------- inference

@@ -14,9 +14,11 @@ import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from detector import CONF_DIR
 from detector.data.config import load_data_config
+from detector.models import DetectionModel
 from detector.plots.batches import plot_images
 from detector.plots.labels import plot_labels
 from detector.run_config import prepare_config
@@ -24,14 +26,15 @@ from detector.train import build_datamodule
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
 
 def preview(cfg: DictConfig, out_dir: Path, cwd: str, n_batches: int = 3) -> list[Path]:
     """Build the data module from a composed config and save the pictures and reports into out_dir."""
     cfg = prepare_config(cfg)
+    cfg.run_dir = str(out_dir)  # the preview's folder takes the run folder's place (dataset reports go there)
     data = load_data_config(cfg.data, cfg.datasets_dir, cwd)
-    dm = build_datamodule(cfg, data, out_dir)
+    model = DetectionModel(OmegaConf.to_container(cfg.model, resolve=True), nc=data.nc)  # for its stride only
+    dm = build_datamodule(cfg, data, stride=int(model.stride.max()))
+    dm.prepare_data()
     dm.setup("fit")
     labels = np.concatenate([lb.reshape(-1, 5) for lb in dm.train_dataset.labels], 0)
     paths = [plot_labels(labels, dm.names, out_dir)]

@@ -82,6 +82,20 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"{key}={cfg[key]}: must be a positive integer")
     if int(cfg.workers) < 0:
         raise ConfigError(f"workers={cfg.workers}: must be >= 0")
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and int(max_epochs) != int(cfg.epochs):
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs} differs from epochs={cfg.epochs}: set the run length with epochs alone "
+            "(it also plans the LR schedule, close_mosaic and the final validation)"
+        )
+    callbacks = cfg.get("callbacks") or {}
+    autoanchor_on = bool(cfg.autoanchor) and callbacks.get("autoanchor") is not None
+    if cfg.hyp.get("anchors") is not None and not autoanchor_on:
+        raise ConfigError(
+            f"hyp.anchors={cfg.hyp.anchors} asks AutoAnchor for new anchors, but AutoAnchor is off "
+            "(autoanchor=false or callbacks.autoanchor=null): the model would train on placeholder anchors. "
+            "Turn AutoAnchor on or set hyp.anchors=null"
+        )
     with open_dict(cfg):
         if cfg.hyp_file:
             cfg.hyp = load_hyp_file(cfg.hyp_file, cfg.hyp)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
 from hydra.utils import get_original_cwd, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from detector.data.config import load_data_config
+from detector import CONF_DIR
+from detector.data.config import DataConfig, load_data_config
 from detector.data.datamodule import DetectorDataModule
 from detector.module import DetectorModule
+from detector.rank_logging import filter_to_rank_zero
 from detector.run_config import prepare_config, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
-
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -27,48 +28,21 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(node) for node in group.values() if node is not None and node.get("_target_")]
 
 
-def build_datamodule(cfg: DictConfig, data, run_dir: Path) -> DetectorDataModule:
-    return DetectorDataModule(
-        data=data,
-        hyp=OmegaConf.to_container(cfg.hyp, resolve=True),
-        imgsz=cfg.imgsz,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        seed=cfg.seed,
-        epochs=cfg.epochs,
-        augment=OmegaConf.to_container(cfg.augment, resolve=True),
-        cache=cfg.cache,
-        rect=cfg.rect,
-        close_mosaic=cfg.close_mosaic,
-        single_cls=cfg.single_cls,
-        repair_jpeg=cfg.repair_jpeg,
-        report_dir=run_dir,
-    )
+def build_datamodule(cfg: DictConfig, data: DataConfig, stride: int, **overrides: Any) -> DetectorDataModule:
+    """The ``datamodule`` node instantiated with the run's data config and the model's largest stride."""
+    # _partial_: runtime objects (the DataConfig dataclass) must not pass through OmegaConf.
+    build = instantiate(cfg.datamodule, _partial_=True, _recursive_=False, _convert_="all")
+    return build(data=data, stride=stride, **overrides)
 
 
 def build_module(cfg: DictConfig, nc: int, names: dict[int, str]) -> DetectorModule:
-    return DetectorModule(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        nc=nc,
-        names=names,
-        hyp=OmegaConf.to_container(cfg.hyp, resolve=True),
-        imgsz=cfg.imgsz,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        optimizer=cfg.optimizer,
-        cos_lr=cfg.cos_lr,
-        nbs=cfg.nbs,
-        max_grad_norm=cfg.max_grad_norm,
-        label_smoothing=cfg.label_smoothing,
-        single_cls=cfg.single_cls,
-        multi_scale=cfg.multi_scale,
-        seed=cfg.seed,
-        val=OmegaConf.to_container(cfg.val, resolve=True),
-    )
+    """The ``module`` node instantiated with the dataset's class count and names (plain containers throughout)."""
+    return instantiate(cfg.module, _partial_=True, _recursive_=False, _convert_="all")(nc=nc, names=dict(names))
 
 
 def run(cfg: DictConfig) -> float:
     """Train with a composed config; returns the best fitness (0.1 mAP@0.5 + 0.9 mAP@0.5:0.95)."""
+    filter_to_rank_zero()
     cfg = prepare_config(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,8 +55,8 @@ def run(cfg: DictConfig) -> float:
         cwd = str(Path.cwd())
     data = load_data_config(cfg.data, cfg.datasets_dir, cwd)
     nc, names = (1, {0: data.names[0] if data.nc == 1 else "item"}) if cfg.single_cls else (data.nc, data.names)
-    datamodule = build_datamodule(cfg, data, run_dir)
     module = build_module(cfg, nc, names)
+    datamodule = build_datamodule(cfg, data, stride=int(module.model.stride.max()))
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = L.Trainer(

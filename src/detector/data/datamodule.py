@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from detector.data.augment import AlbumentationsExtras
+from detector.data.albumentations_extras import AlbumentationsExtras
 from detector.data.config import DataConfig, img2label_paths, list_image_files
 from detector.data.dataset import YoloDataset
 from detector.data.labels import LabelSet, default_cache_path, load_labels
@@ -32,13 +32,14 @@ def init_loader_worker(_: int) -> None:
 class DetectorDataModule(L.LightningDataModule):
     """Train/val loaders of a YOLOv5 dataset, as YOLOv5's ``create_dataloader`` builds them.
 
-    ``batch_size`` is the total over devices; each device gets ``batch_size // world_size``; val uses twice
-    that, rect batches with pad 0.5 and no augmentation. ``augment`` is the conf/augment node (mosaic9,
+    ``batch_size`` is the total over devices; each device gets ``batch_size / world_size`` (it must divide); val
+    uses twice that, rect batches with pad 0.5 and no augmentation. ``augment`` is the conf/augment node (mosaic9,
     one_pass, mixup_beta, box-candidate thresholds, albumentations list). The dataset reports go to ``report_dir``.
     """
 
     def __init__(
         self,
+        *,
         data: DataConfig,
         hyp: Mapping[str, Any],
         imgsz: int,
@@ -46,15 +47,15 @@ class DetectorDataModule(L.LightningDataModule):
         workers: int,
         seed: int,
         epochs: int,
-        augment: Mapping[str, Any] | None = None,
-        cache: str | None = None,
-        rect: bool = False,
-        close_mosaic: int = 0,
-        single_cls: bool = False,
-        repair_jpeg: bool = False,
-        report_dir: Path | None = None,
-        stride: int = 32,
-        val_pad: float = 0.5,
+        augment: Mapping[str, Any],
+        cache: str | None,
+        rect: bool,
+        close_mosaic: int,
+        single_cls: bool,
+        repair_jpeg: bool,
+        report_dir: str | Path | None,
+        stride: int,
+        val_pad: float,
     ):
         super().__init__()
         self.data = data
@@ -64,7 +65,7 @@ class DetectorDataModule(L.LightningDataModule):
         self.workers = int(workers)
         self.seed = int(seed)
         self.epochs = int(epochs)
-        self.augment = dict(augment or {})
+        self.augment = dict(augment)
         self.cache = cache or None
         self.rect = bool(rect)
         self.close_mosaic = int(close_mosaic)
@@ -94,32 +95,42 @@ class DetectorDataModule(L.LightningDataModule):
             return 1, 0, 1
         return trainer.world_size, trainer.global_rank, max(1, getattr(trainer, "num_devices", 1))
 
+    def _load_labels(self, split: str, log_report: bool) -> LabelSet:
+        sources = getattr(self.data, split)
+        im_files = list_image_files(sources)
+        cache_path = default_cache_path(sources, img2label_paths(im_files[:1]))
+        return load_labels(
+            im_files,
+            cache_path=cache_path,
+            nc=self.data.nc,
+            repair_jpeg=self.repair_jpeg,
+            single_cls=self.single_cls,
+            workers=max(1, min(8, (os.cpu_count() or 2) - 1)),
+            log_report=log_report,
+        )
+
     def _labels(self, split: str) -> LabelSet:
+        """The split's labels, loaded once per process (from the cache prepare_data wrote)."""
         if split not in self._labelsets:
-            sources = getattr(self.data, split)
-            im_files = list_image_files(sources)
-            cache_path = default_cache_path(sources, img2label_paths(im_files[:1]))
-            self._labelsets[split] = load_labels(
-                im_files,
-                cache_path=cache_path,
-                nc=self.data.nc,
-                repair_jpeg=self.repair_jpeg,
-                single_cls=self.single_cls,
-                workers=max(1, min(8, (os.cpu_count() or 2) - 1)),
-            )
+            self._labelsets[split] = self._load_labels(split, log_report=False)
         return self._labelsets[split]
 
     def prepare_data(self) -> None:
-        """Verify labels and write the label caches once per node (local rank 0) before the ranks set up."""
+        """Verify labels, write the label caches and log the dataset reports, once per node (local rank 0).
+
+        Keeps no state (Lightning runs it on one process only): setup reloads from the caches."""
         for split in ("train", "val"):
-            self._labels(split)
+            self._load_labels(split, log_report=True)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets the stage needs (train + val for fit, else val) and save their reports."""
         world, rank, _ = self._world()
+        if self.batch_size % world:
+            raise ValueError(
+                f"batch_size={self.batch_size} does not divide by the {world} devices: batch_size is the total over "
+                f"all devices (as YOLOv5's --batch-size); use a multiple of {world}"
+            )
         self._train_batch = self.batch_size // world
-        if self._train_batch < 1:
-            raise ValueError(f"batch_size {self.batch_size} is smaller than the world size {world}")
         self._val_batch = self._train_batch * 2
         if self.train_dataset is None and stage in (None, "fit"):
             self.train_dataset = self._build("train", rank, augment=True, batch=self._train_batch * world)
@@ -132,7 +143,7 @@ class DetectorDataModule(L.LightningDataModule):
             path = labels.report.save(self.report_dir / f"dataset_{split}.txt")
             log.info("%s dataset report saved to %s", split, path)
         a = self.augment
-        box_args = {k: a[k] for k in ("wh_thr", "ar_thr", "area_thr", "area_thr_segments", "pixel_centres") if k in a}
+        box_args = {k: a[k] for k in ("wh_thr", "ar_thr", "area_thr", "area_thr_segments", "pixel_centres")}
         common = dict(imgsz=self.imgsz, hyp=self.hyp, stride=self.stride, seed=self.seed, epochs=self.epochs,
                       names=self.names, workers=self.workers, cache=self.cache,
                       cache_dir=self._npy_cache_dir(labels), **box_args)  # fmt: skip
@@ -144,11 +155,11 @@ class DetectorDataModule(L.LightningDataModule):
             augment=True,
             rect=self.rect,
             close_mosaic=self.close_mosaic,
-            mosaic9=bool(a.get("mosaic9", False)),
-            one_pass=bool(a.get("one_pass", False)),
-            reduced_decoding=bool(a.get("reduced_decoding", True)),
-            mixup_beta=float(a.get("mixup_beta", 32.0)),
-            albumentations=AlbumentationsExtras(a.get("albumentations")),
+            mosaic9=bool(a["mosaic9"]),
+            one_pass=bool(a["one_pass"]),
+            reduced_decoding=bool(a["reduced_decoding"]),
+            mixup_beta=float(a["mixup_beta"]),
+            albumentations=AlbumentationsExtras(a["albumentations"]),
             **common,
         )
 

@@ -16,24 +16,13 @@ import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from detector.boxes import xywhn2xyxy, xyxy2xywhn
-from detector.data.augment import (
-    AlbumentationsExtras,
-    LetterboxGeometry,
-    Warp,
-    apply_warp,
-    augment_hsv,
-    copy_paste,
-    draw_warp,
-    flip_lr,
-    flip_ud,
-    letterbox,
-    letterbox_geometry,
-    mixup,
-    source_roi,
-    warp_targets,
-)
+from detector.data.albumentations_extras import AlbumentationsExtras
+from detector.data.augment import copy_paste, flip_lr, flip_ud, mixup
+from detector.data.geometry import Warp, apply_warp, draw_warp, source_roi, warp_targets
 from detector.data.image_cache import ImageLoader, Reader, long_side_size
+from detector.data.letterbox import LetterboxGeometry, letterbox, letterbox_geometry
 from detector.data.mosaic import PAD_GREY, mosaic4, mosaic4_warped, mosaic9
+from detector.data.photometric import augment_hsv
 from detector.data.resample import draw_tile, output_rect
 
 log = logging.getLogger(__name__)

@@ -295,10 +295,12 @@ def load_labels(
     repair_jpeg: bool = False,
     single_cls: bool = False,
     workers: int = 2,
+    log_report: bool = True,
 ) -> LabelSet:
     """Verify every image and label file (or reuse the cache at `cache_path`) and return the kept ones.
 
-    `nc` enables the class-id check (skipped when `single_cls`, which sets every class to 0).
+    `nc` enables the class-id check (skipped when `single_cls`, which sets every class to 0). `log_report=False`
+    keeps a reload quiet (the report was logged when the files were verified).
     Raises ValueError when no kept image has a label.
     """
     im_files = [str(f) for f in im_files]
@@ -314,7 +316,7 @@ def load_labels(
         cache = _load_cache(cache_path, key)
         if cache is not None and repair_jpeg and cache["report"]["counts"].get("jpeg_truncated", 0):
             cache = None  # truncated JPEGs were kept last time; repair them now
-        if cache is not None:
+        if cache is not None and log_report:
             log.info("labels from cache %s", cache_path)
     if cache is None:
         cache = _build(im_files, label_files, nc_check, repair_jpeg, workers, source)
@@ -330,7 +332,8 @@ def load_labels(
     if single_cls:
         for lb in labels:
             lb[:, 0] = 0
-    _log_report(report)
+    if log_report:
+        _log_report(report)
     if sum(len(lb) for lb in labels) == 0:
         raise ValueError(
             f"no usable labels in {source}: {report.total} images, {report.found} with labels, "

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from detector.boxes import xywhn2xyxy
-from detector.data.augment import Warp
+from detector.data.geometry import Warp
 from detector.data.resample import draw_tile, output_rect
 
 PAD_GREY = 114

@@ -14,7 +14,7 @@ import math
 import cv2
 import numpy as np
 
-from detector.data.augment import Warp
+from detector.data.geometry import Warp
 
 Rect = tuple[int, int, int, int]
 

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from detector.optim import PlannedSchedule
+    from detector.schedule import PlannedSchedule
 
 GROUP_LABELS = ("pg0 biases", "pg1 weights (decay)", "pg2 norm weights")
 MAX_EPOCH_LINES = 60  # above this many epochs boundaries are shown only on the top epoch axis
