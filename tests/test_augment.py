@@ -1,12 +1,14 @@
 """Augmentation primitives: boxes stay on their pixels, zero gains change nothing, YOLOv5's formulas hold."""
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 import pytest
 
 from detector.data.albumentations_extras import AlbumentationsExtras
 from detector.data.augment import copy_paste, flip_lr, flip_ud, mixup
-from detector.data.geometry import apply_warp, box_candidates, draw_warp, random_perspective, source_roi
+from detector.data.geometry import apply_warp, box_candidates, draw_warp, source_roi, warp_targets
 from detector.data.letterbox import letterbox
 from detector.data.mosaic import mosaic4, mosaic4_warped, mosaic9
 from detector.data.photometric import augment_hsv, to_bgr
@@ -49,6 +51,34 @@ def assert_boxes_on_pixels(im, labels, tol=2.0):
 
 
 RECTS = [(0, 10, 12, 40, 30), (1, 60, 40, 90, 75), (2, 20, 50, 45, 70)]
+
+
+def random_perspective(
+    im: np.ndarray,
+    targets: np.ndarray,
+    segments: Sequence[np.ndarray] = (),
+    degrees: float = 0.0,
+    translate: float = 0.1,
+    scale: float = 0.5,
+    shear: float = 0.0,
+    perspective: float = 0.0,
+    border: tuple[int, int] = (0, 0),
+    rng: np.random.Generator | None = None,
+    wh_thr: float = 2,
+    ar_thr: float = 100,
+    area_thr: float = 0.1,
+    area_thr_segments: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
+    """YOLOv5's random_perspective composed from our three steps; returns (image, kept targets).
+
+    Output size is the input size plus ``2 * border`` (h, w), with the input's channels (BGR or BGRA). The image
+    is left as it is when the border is 0 and M is the identity.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    warp = draw_warp(im.shape[:2], rng, degrees, translate, scale, shear, perspective, border)
+    if border[0] or border[1] or (warp.M != np.eye(3)).any():
+        im = apply_warp(im, warp)
+    return im, warp_targets(targets, segments, warp, wh_thr, ar_thr, area_thr, area_thr_segments)
 
 
 def test_letterbox_keeps_boxes_on_pixels_and_pads_symmetrically():

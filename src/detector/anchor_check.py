@@ -61,14 +61,7 @@ def check_anchors(
     wh = clean_wh(wh)
     valid = bool(np.isfinite(a).all() and (a > 0).all())
     if len(wh) == 0:
-        res = AnchorCheck(0.0, 0.0, messages=["no labels in the training set"], warn=True)
-        if valid:
-            res.messages.append("keeping the current anchors ⚠️")
-        else:
-            spread = default_anchor_spread(nl * na, imgsz).reshape(nl, na, 2)
-            res.anchors = order_anchors_by_stride(spread, strides)[0].astype(np.float32)
-            res.messages.append("current anchors are invalid, using a default spread ⚠️")
-        return res
+        return _no_labels(valid, nl, na, strides, imgsz)
     bpr, aat = anchor_metrics(a.reshape(-1, 2), wh, thr)
     res = AnchorCheck(bpr, aat, messages=[f"{aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR)."])
     if valid and not force and bpr > bpr_target:
@@ -82,8 +75,27 @@ def check_anchors(
         res.messages.append("Anchors are a poor fit to dataset ⚠️, attempting to improve...")
     new = kmean_anchors(wh if wh_fit is None else wh_fit, nl * na, imgsz, thr, gen, rng, verbose=False, **search_kwargs)
     res.new_bpr, res.new_aat = anchor_metrics(new, wh, thr)
-    if force or not valid or res.new_bpr > bpr:
-        grid, flipped = order_anchors_by_stride(new.reshape(nl, na, 2), strides)
+    _decide(res, new.reshape(nl, na, 2), strides, take=force or not valid or res.new_bpr > bpr)
+    res.warn = (res.new_bpr if res.replaced else bpr) <= bpr_target
+    return res
+
+
+def _no_labels(valid: bool, nl: int, na: int, strides: Sequence[float], imgsz: int) -> AnchorCheck:
+    res = AnchorCheck(0.0, 0.0, messages=["no labels in the training set"], warn=True)
+    if valid:
+        res.messages.append("keeping the current anchors ⚠️")
+    else:
+        spread = default_anchor_spread(nl * na, imgsz).reshape(nl, na, 2)
+        res.anchors = order_anchors_by_stride(spread, strides)[0].astype(np.float32)
+        res.messages.append("current anchors are invalid, using a default spread ⚠️")
+    return res
+
+
+def _decide(res: AnchorCheck, new: np.ndarray, strides: Sequence[float], take: bool) -> None:
+    """Take the ``(nl, na, 2)`` anchors ``new`` (ordered like the strides) into ``res`` when ``take``; say so."""
+    bpr = res.old_bpr
+    if take:
+        grid, flipped = order_anchors_by_stride(new, strides)
         res.anchors = grid.astype(np.float32)
         res.messages.append(
             f"New anchors: {res.new_aat:.2f} anchors/target, BPR {bpr:.3f} → {res.new_bpr:.3f}"
@@ -95,5 +107,3 @@ def check_anchors(
             f"New anchors BPR {res.new_bpr:.3f} ≤ {bpr:.3f}: original anchors better than new "
             "anchors, proceeding with original anchors"
         )
-    res.warn = (res.new_bpr if res.replaced else bpr) <= bpr_target
-    return res

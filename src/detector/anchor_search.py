@@ -84,6 +84,7 @@ def evolve_anchors(
     thr: float,
     gen: int,
     rng: np.random.Generator,
+    *,
     population: int = 16,
     climbers: int = 4,
     mutation_prob: float = 0.9,
@@ -157,6 +158,27 @@ def kmean_anchors(
     if len(wh0) == 0:
         logger.warning("AutoAnchor: no labels to fit anchors to; using a default spread of %d anchors", n)
         return default_anchor_spread(n, imgsz)
+    wh = _usable_sizes(wh0, min_label, min_anchor)
+    fit = wh
+    if max_fit_boxes is not None and len(wh) > max_fit_boxes:
+        fit = wh[rng.choice(len(wh), max_fit_boxes, replace=False)]
+    k0 = _start_anchors(fit, n, thr, kmeans_iter, min_anchor, rng)
+    search = dict(population=population, climbers=climbers, mutation_prob=mutation_prob, sigma=sigma)
+    k, _ = evolve_anchors(k0, fit, thr, gen, rng, clip_factors=clip_factors, min_anchor=min_anchor, **search)
+    if anchor_fitness(k0, wh, thr) > anchor_fitness(k, wh, thr):
+        k = k0  # the subsample favoured a set that is worse on all labels
+    k = k[np.argsort(k.prod(1), kind="stable")].astype(np.float32)
+    if not np.isfinite(k).all():  # cannot happen with finite inputs; belt and braces against NaN anchors
+        logger.warning("AutoAnchor: non-finite anchors computed; using a default spread")
+        return default_anchor_spread(n, imgsz)
+    if verbose:
+        for line in describe_anchors(k, wh, thr, imgsz):
+            logger.info("AutoAnchor: %s", line)
+    return k
+
+
+def _usable_sizes(wh0: np.ndarray, min_label: float, min_anchor: float) -> np.ndarray:
+    """Label sizes with a side of at least ``min_label`` px (all, clipped, when none has), as float32 values."""
     small = int((wh0 < 3.0).any(1).sum())
     if small:
         logger.warning(
@@ -173,10 +195,13 @@ def kmean_anchors(
             min_anchor,
         )
         wh = wh0.clip(min=min_anchor)
-    wh = wh.astype(np.float32).astype(np.float64)
-    fit = wh
-    if max_fit_boxes is not None and len(wh) > max_fit_boxes:
-        fit = wh[rng.choice(len(wh), max_fit_boxes, replace=False)]
+    return wh.astype(np.float32).astype(np.float64)
+
+
+def _start_anchors(
+    fit: np.ndarray, n: int, thr: float, kmeans_iter: int, min_anchor: float, rng: np.random.Generator
+) -> np.ndarray:
+    """k-means start of the search, or a spread of the label sizes when k-means cannot give ``n`` anchors."""
     n_distinct = len(np.unique(fit, axis=0))
     if n_distinct < n:
         logger.warning(
@@ -192,15 +217,4 @@ def kmean_anchors(
         except Exception as e:  # scipy drops empty clusters on duplicated data (YOLOv5 #3482)
             logger.warning("AutoAnchor: %s; switching from k-means to a spread of the label sizes", e)
             k0 = spread_init(fit, n, thr, min_anchor)
-    k0 = k0.clip(min=min_anchor)
-    k, _ = evolve_anchors(k0, fit, thr, gen, rng, population, climbers, mutation_prob, sigma, clip_factors, min_anchor)
-    if anchor_fitness(k0, wh, thr) > anchor_fitness(k, wh, thr):
-        k = k0  # the subsample favoured a set that is worse on all labels
-    k = k[np.argsort(k.prod(1), kind="stable")].astype(np.float32)
-    if not np.isfinite(k).all():  # cannot happen with finite inputs; belt and braces against NaN anchors
-        logger.warning("AutoAnchor: non-finite anchors computed; using a default spread")
-        return default_anchor_spread(n, imgsz)
-    if verbose:
-        for line in describe_anchors(k, wh, thr, imgsz):
-            logger.info("AutoAnchor: %s", line)
-    return k
+    return k0.clip(min=min_anchor)

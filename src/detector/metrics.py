@@ -139,38 +139,38 @@ def ap_per_class(
         mask = pred_cls == c
         if not mask.any():
             continue
-        tpc = tp[mask].cumsum(0)
-        fpc = (1 - tp[mask]).cumsum(0)
-        recall = tpc / (n_labels[ci] + eps)
-        precision = tpc / (tpc + fpc)
-        neg_conf = -conf[mask]  # increasing, as np.interp needs
-        r_curve[ci] = np.interp(-px, neg_conf, recall[:, 0], left=0)
-        p_curve[ci] = np.interp(-px, neg_conf, precision[:, 0], left=1)
-        for j in range(nt):
-            ap[ci, j], mpre, mrec = compute_ap(recall[:, j], precision[:, j], method)
-            if j == 0:
-                pr_curve[ci] = np.interp(px, mrec, mpre)
+        ap[ci], p_curve[ci], r_curve[ci], pr_curve[ci] = _class_curves(
+            tp[mask], conf[mask], n_labels[ci], px, method, eps
+        )
     f1_curve = 2 * p_curve * r_curve / (p_curve + r_curve + eps)
     idx = int(smooth(f1_curve.mean(0), smooth_fraction).argmax()) if nc else 0
     p, r, f1 = p_curve[:, idx], r_curve[:, idx], f1_curve[:, idx]
     tp_at = (r * n_labels).round()
     fp_at = (tp_at / (p + eps) - tp_at).round()
-    return APResult(
-        classes=classes.astype(int),
-        n_labels=n_labels,
-        p=p,
-        r=r,
-        f1=f1,
-        ap=ap,
-        tp=tp_at,
-        fp=fp_at,
-        conf_index=idx,
-        px=px,
-        p_curve=p_curve,
-        r_curve=r_curve,
-        f1_curve=f1_curve,
-        pr_curve=pr_curve,
-    )
+    curves = dict(px=px, p_curve=p_curve, r_curve=r_curve, f1_curve=f1_curve, pr_curve=pr_curve)
+    return APResult(classes=classes.astype(int), n_labels=n_labels, p=p, r=r, f1=f1, ap=ap, tp=tp_at, fp=fp_at,
+                    conf_index=idx, **curves)  # fmt: skip
+
+
+def _class_curves(
+    tp: np.ndarray, conf: np.ndarray, n_labels: int, px: np.ndarray, method: str, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One class's detections sorted by confidence -> (AP per IoU threshold, P and R at the confidences ``px``,
+    precision at the recalls ``px`` of the first threshold)."""
+    tpc = tp.cumsum(0)
+    fpc = (1 - tp).cumsum(0)
+    recall = tpc / (n_labels + eps)
+    precision = tpc / (tpc + fpc)
+    neg_conf = -conf  # increasing, as np.interp needs
+    r_curve = np.interp(-px, neg_conf, recall[:, 0], left=0)
+    p_curve = np.interp(-px, neg_conf, precision[:, 0], left=1)
+    ap = np.zeros(tp.shape[1])
+    pr_curve = np.zeros_like(px)
+    for j in range(tp.shape[1]):
+        ap[j], mpre, mrec = compute_ap(recall[:, j], precision[:, j], method)
+        if j == 0:
+            pr_curve = np.interp(px, mrec, mpre)
+    return ap, p_curve, r_curve, pr_curve
 
 
 def fitness(metrics: Mapping[str, float]) -> float:

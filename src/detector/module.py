@@ -59,8 +59,8 @@ class DetectorModule(L.LightningModule):
         self.automatic_optimization = False
         self.names = dict(names)
         self.model = DetectionModel(model, nc=nc, anchors=hyp.get("anchors"))
-        self.hyp = scale_loss_gains(hyp, self.model.detect.nl, nc, imgsz)
-        self.loss_fn = YoloLoss(self.model, self.hyp, label_smoothing=label_smoothing)
+        # The loss gains scaled to layers, classes and image size; the raw hyp stays in self.hparams.hyp.
+        self.loss_fn = YoloLoss(self.model, scale_loss_gains(hyp, self.model.detect.nl, nc, imgsz), label_smoothing)
         self.val_cfg = dict(val)
         self.evaluator = DetectionEvaluator(
             nc, names=self.names, ap_method=self.val_cfg["ap_method"], coco=self.val_cfg["coco"] != "never"

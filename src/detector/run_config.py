@@ -10,9 +10,10 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from detector.optim import OPTIMIZER_CHOICES as OPTIMIZERS
+
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("SGD", "Adam", "AdamW", "auto")
 CACHES = (None, "ram", "disk")
 
 

@@ -20,8 +20,8 @@ from detector.data.albumentations_extras import AlbumentationsExtras
 from detector.data.augment import copy_paste, flip_lr, flip_ud, mixup
 from detector.data.geometry import Warp, apply_warp, draw_warp, source_roi, warp_targets
 from detector.data.image_cache import ImageLoader, Reader, long_side_size
-from detector.data.letterbox import LetterboxGeometry, letterbox, letterbox_geometry
-from detector.data.mosaic import PAD_GREY, mosaic4, mosaic4_warped, mosaic9
+from detector.data.letterbox import PAD_GREY, LetterboxGeometry, letterbox, letterbox_geometry
+from detector.data.mosaic import mosaic4, mosaic4_warped, mosaic9
 from detector.data.photometric import augment_hsv
 from detector.data.resample import draw_tile, output_rect
 
@@ -134,12 +134,33 @@ class YoloDataset(Dataset):
         self.box_args = dict(wh_thr=wh_thr, ar_thr=ar_thr, area_thr=area_thr, area_thr_segments=area_thr_segments,
                              pixel_centres=bool(pixel_centres))  # fmt: skip
         self.hyp = dict(hyp or {})
-        if self.augment:
-            missing = [k for k in AUGMENT_HYP_KEYS if k not in self.hyp]
-            if missing:
-                raise KeyError(f"hyp is missing augmentation keys {missing} (YOLOv5 hyp files define all of them)")
+        missing = [k for k in AUGMENT_HYP_KEYS if k not in self.hyp]
+        if self.augment and missing:
+            raise KeyError(f"hyp is missing augmentation keys {missing} (YOLOv5 hyp files define all of them)")
         self.names = dict(names) if names is not None else {}
+        self._take_labelset(labelset)
+        self.mosaic = self.augment and not self.rect  # close_mosaic is applied per epoch in mosaic_active
+        self.mosaic_border = ((-self.imgsz) // 2, (-self.imgsz) // 2)
+        self.batch_shapes = self.batch_index = None
+        if self.rect:
+            self._plan_rect_batches(batch_size, pad)
+        if isinstance(albumentations, AlbumentationsExtras) or albumentations is None:
+            self.albumentations = albumentations
+        else:
+            self.albumentations = AlbumentationsExtras(albumentations)
+        self.has_polygons = any(self.segments)
+        if self.augment and self.hyp["copy_paste"] > 0 and not self.has_polygons:
+            log.warning(
+                "copy_paste=%s needs polygon labels; this dataset has boxes only: skipped", self.hyp["copy_paste"]
+            )
+        if reader is None:
+            from detector.data.images import read_image as reader
+        self.images = ImageLoader(self.im_files, self.imgsz, self.augment, reader, cache, cache_dir, workers)
+        self._bad: set[int] = set()
+        self.threads = int(threads) if threads else min(8, usable_cpus())
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (owner pid, pool)
 
+    def _take_labelset(self, labelset: Any) -> None:
         self.im_files = [str(f) for f in labelset.im_files]
         self.labels = [np.asarray(lb, np.float32).reshape(-1, 5) for lb in labelset.labels]
         segments = getattr(labelset, "segments", None) or [[] for _ in self.im_files]
@@ -151,32 +172,12 @@ class YoloDataset(Dataset):
         if not (len(self.labels) == len(self.segments) == len(self.shapes) == self.n):
             raise ValueError("labelset im_files, labels, segments and shapes must have the same length")
 
-        self.mosaic = self.augment and not self.rect  # close_mosaic is applied per epoch in mosaic_active
-        self.mosaic_border = ((-self.imgsz) // 2, (-self.imgsz) // 2)
-        self.batch_shapes = self.batch_index = None
-        if self.rect:
-            if self.augment:
-                log.warning("rect training: mosaic and shuffling are off (YOLOv5 behaviour)")
-            self._sort_by_aspect_ratio()
-            self.batch_index = np.arange(self.n) // batch_size
-            self.batch_shapes = rect_batch_shapes(self.shapes, batch_size, self.imgsz, self.stride, pad)
-
-        if isinstance(albumentations, AlbumentationsExtras) or albumentations is None:
-            self.albumentations = albumentations
-        else:
-            self.albumentations = AlbumentationsExtras(albumentations)
-        self.has_polygons = any(self.segments)
-        if self.augment and self.hyp["copy_paste"] > 0 and not self.has_polygons:
-            log.warning(
-                "copy_paste=%s needs polygon labels; this dataset has boxes only, so it is skipped",
-                self.hyp["copy_paste"],
-            )
-        if reader is None:
-            from detector.data.images import read_image as reader
-        self.images = ImageLoader(self.im_files, self.imgsz, self.augment, reader, cache, cache_dir, workers)
-        self._bad: set[int] = set()
-        self.threads = int(threads) if threads else min(8, usable_cpus())
-        self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (owner pid, pool)
+    def _plan_rect_batches(self, batch_size: int, pad: float) -> None:
+        if self.augment:
+            log.warning("rect training: mosaic and shuffling are off (YOLOv5 behaviour)")
+        self._sort_by_aspect_ratio()
+        self.batch_index = np.arange(self.n) // batch_size
+        self.batch_shapes = rect_batch_shapes(self.shapes, batch_size, self.imgsz, self.stride, pad)
 
     def _sort_by_aspect_ratio(self) -> None:
         order = np.argsort(self.shapes[:, 1] / self.shapes[:, 0], kind="stable")
@@ -264,25 +265,25 @@ class YoloDataset(Dataset):
     ) -> tuple[int, np.ndarray, np.ndarray, Shapes]:
         """``_letterboxed`` for an axis-aligned warp, rendered in one pass from the decoded file (see resample)."""
         (hh, ww), _, _ = self._tile_info(index)
-        zoom = warp.M[0, 0] * letterbox_geometry((hh, ww), canvas).ratio[0]
+        zoom = warp.M[0, 0] * letterbox_geometry((hh, ww), canvas).ratio_wh[0]
         img, j, extent = self._load_tile(index, zoom)
         (hh, ww), labels, _ = self._tile_info(j)
         g = letterbox_geometry((hh, ww), canvas)
         top, _, left, _ = g.borders
         out = np.full((*canvas, 3), PAD_GREY, np.uint8)
-        rect = output_rect(left, top, *g.unpad, canvas[::-1], warp)
-        dx, dy = draw_tile(out, img, left, top, *g.unpad, rect, warp, extent) if rect is not None else (0.0, 0.0)
+        rect = output_rect(left, top, *g.unpad_wh, canvas[::-1], warp)
+        dx, dy = draw_tile(out, img, left, top, *g.unpad_wh, rect, warp, extent) if rect is not None else (0.0, 0.0)
         labels = labels.copy()
         pad = self._label_pad(g)
         if len(labels):  # labels follow the pixels' sub-pixel landing offset (dx, dy)
-            labels[:, 1:] = xywhn2xyxy(labels[:, 1:], g.ratio[0] * ww, g.ratio[1] * hh, pad[0] + dx, pad[1] + dy)
+            labels[:, 1:] = xywhn2xyxy(labels[:, 1:], g.ratio_wh[0] * ww, g.ratio_wh[1] * hh, pad[0] + dx, pad[1] + dy)
         w0, h0 = (int(v) for v in self.shapes[j])
         return j, out, warp_targets(labels, (), warp, **self.box_args), ((h0, w0), ((hh / h0, ww / w0), pad))
 
     def _label_pad(self, g: LetterboxGeometry) -> tuple[float, float]:
         """Where labels go on a letterboxed image: the rounded borders the pixels sit at (``pixel_centres``), or
         YOLOv5's unrounded (dw / 2, dh / 2)."""
-        return (g.borders[2], g.borders[0]) if self.box_args["pixel_centres"] else g.pad
+        return (g.borders[2], g.borders[0]) if self.box_args["pixel_centres"] else g.pad_wh
 
     def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Mosaic, copy-paste and the perspective warp that crops the 2s canvas to s x s."""

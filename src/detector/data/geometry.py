@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from detector.data.letterbox import PAD_GREY
 from detector.data.photometric import to_bgr
 
-PAD_COLOR4 = (114, 114, 114, 114)  # the letterbox grey with the alpha channel of the fast-warp layout
+PAD_COLOR4 = (PAD_GREY,) * 4  # the padding grey with the alpha channel of the fast-warp layout
 
 
 def box_candidates(
@@ -93,7 +94,10 @@ def draw_warp(
     border: tuple[int, int] = (0, 0),
 ) -> Warp:
     """YOLOv5's random matrix M = T S R P C for a source of ``shape`` (h, w) and an output of that size plus
-    ``2 * border`` (h, w)."""
+    ``2 * border`` (h, w).
+
+    Own code: albumentations' Affine/Perspective draw a different matrix and have no YOLOv5 candidate filter.
+    """
     height, width = shape[0] + border[0] * 2, shape[1] + border[1] * 2
     C = np.eye(3)
     C[0, 2], C[1, 2] = -shape[1] / 2, -shape[0] / 2
@@ -182,32 +186,3 @@ def warp_targets(
     targets = targets[keep]
     targets[:, 1:5] = new[keep]
     return targets
-
-
-def random_perspective(
-    im: np.ndarray,
-    targets: np.ndarray,
-    segments: Sequence[np.ndarray] = (),
-    degrees: float = 0.0,
-    translate: float = 0.1,
-    scale: float = 0.5,
-    shear: float = 0.0,
-    perspective: float = 0.0,
-    border: tuple[int, int] = (0, 0),
-    rng: np.random.Generator | None = None,
-    wh_thr: float = 2,
-    ar_thr: float = 100,
-    area_thr: float = 0.1,
-    area_thr_segments: float = 0.01,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random rotation/scale/shear/translation/perspective (M = T S R P C); returns (image, kept targets).
-
-    Own code: albumentations' Affine/Perspective draw a different matrix and have no YOLOv5 candidate filter.
-    Output size is the input size plus ``2 * border`` (h, w), with the input's channels (BGR or BGRA). The image
-    is left as it is when the border is 0 and M is the identity.
-    """
-    rng = rng if rng is not None else np.random.default_rng()
-    warp = draw_warp(im.shape[:2], rng, degrees, translate, scale, shear, perspective, border)
-    if border[0] or border[1] or (warp.M != np.eye(3)).any():
-        im = apply_warp(im, warp)
-    return im, warp_targets(targets, segments, warp, wh_thr, ar_thr, area_thr, area_thr_segments)

@@ -309,24 +309,7 @@ def load_labels(
     label_files = img2label_paths(im_files)
     source = os.path.dirname(label_files[0])
     nc_check = None if single_cls else nc
-    cache = None
-    cache_path = Path(cache_path) if cache_path is not None else None
-    if cache_path is not None:
-        key = _cache_key(im_files, label_files, nc_check)
-        cache = _load_cache(cache_path, key)
-        if cache is not None and repair_jpeg and cache["report"]["counts"].get("jpeg_truncated", 0):
-            cache = None  # truncated JPEGs were kept last time; repair them now
-        if cache is not None and log_report:
-            log.info("labels from cache %s", cache_path)
-    if cache is None:
-        cache = _build(im_files, label_files, nc_check, repair_jpeg, workers, source)
-        if cache_path is not None:
-            cache["version"] = CACHE_VERSION
-            if cache["report"]["counts"].get("jpeg_repaired", 0):
-                key = _cache_key(im_files, label_files, nc_check)  # repaired files changed size and mtime
-            cache["hash"] = key
-            _save_cache(cache_path, cache)
-
+    cache = _cached_or_verified(im_files, label_files, cache_path, nc_check, repair_jpeg, workers, log_report)
     report = DatasetReport.from_dict(cache["report"])
     labels = [lb.copy() for lb in cache["labels"]]
     if single_cls:
@@ -349,6 +332,37 @@ def load_labels(
         segments=cache["segments"],
         report=report,
     )
+
+
+def _cached_or_verified(
+    im_files: list[str],
+    label_files: list[str],
+    cache_path: Path | None,
+    nc_check: int | None,
+    repair_jpeg: bool,
+    workers: int,
+    log_report: bool,
+) -> dict:
+    """The label cache at ``cache_path`` when it matches the files, else every file verified (and cached)."""
+    source = os.path.dirname(label_files[0])
+    cache = None
+    cache_path = Path(cache_path) if cache_path is not None else None
+    if cache_path is not None:
+        key = _cache_key(im_files, label_files, nc_check)
+        cache = _load_cache(cache_path, key)
+        if cache is not None and repair_jpeg and cache["report"]["counts"].get("jpeg_truncated", 0):
+            cache = None  # truncated JPEGs were kept last time; repair them now
+        if cache is not None and log_report:
+            log.info("labels from cache %s", cache_path)
+    if cache is None:
+        cache = _build(im_files, label_files, nc_check, repair_jpeg, workers, source)
+        if cache_path is not None:
+            cache["version"] = CACHE_VERSION
+            if cache["report"]["counts"].get("jpeg_repaired", 0):
+                key = _cache_key(im_files, label_files, nc_check)  # repaired files changed size and mtime
+            cache["hash"] = key
+            _save_cache(cache_path, cache)
+    return cache
 
 
 def _log_report(report: DatasetReport) -> None:

@@ -7,17 +7,18 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-PAD_COLOR = (114, 114, 114)
+PAD_GREY = 114  # YOLOv5's padding grey, everywhere an image is padded
+PAD_COLOR = (PAD_GREY, PAD_GREY, PAD_GREY)
 
 
 @dataclass(frozen=True)
 class LetterboxGeometry:
-    """Where letterbox puts an image: scale ``ratio`` (rw, rh), resized size ``unpad`` (w, h), padding ``pad``
-    (dw, dh) per side as floats (labels use these) and the integer borders (top, bottom, left, right)."""
+    """Where letterbox puts an image: scale (rw, rh), resized size (w, h), padding (dw, dh) per side as floats
+    (YOLOv5's labels use these) and the integer borders (top, bottom, left, right). Names say the order."""
 
-    ratio: tuple[float, float]
-    unpad: tuple[int, int]
-    pad: tuple[float, float]
+    ratio_wh: tuple[float, float]
+    unpad_wh: tuple[int, int]
+    pad_wh: tuple[float, float]
     borders: tuple[int, int, int, int]
 
 
@@ -64,7 +65,7 @@ def letterbox(
     ``scaleup`` images are only shrunk. The result is always a new array.
     """
     g = letterbox_geometry(im.shape[:2], new_shape, auto, scale_fill, scaleup, stride)
-    if im.shape[1::-1] != g.unpad:
-        im = cv2.resize(im, g.unpad, interpolation=cv2.INTER_LINEAR)
+    if im.shape[1::-1] != g.unpad_wh:
+        im = cv2.resize(im, g.unpad_wh, interpolation=cv2.INTER_LINEAR)
     im = cv2.copyMakeBorder(im, *g.borders, cv2.BORDER_CONSTANT, value=color)
-    return im, g.ratio, g.pad
+    return im, g.ratio_wh, g.pad_wh

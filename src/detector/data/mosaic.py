@@ -19,9 +19,9 @@ import numpy as np
 
 from detector.boxes import xywhn2xyxy
 from detector.data.geometry import Warp
+from detector.data.letterbox import PAD_GREY
 from detector.data.resample import draw_tile, output_rect
 
-PAD_GREY = 114
 # load(i) -> (image resized to long side s, labels (n, 5) [cls, x, y, w, h] normalised, polygons normalised)
 Loader = Callable[[int], tuple[np.ndarray, np.ndarray, list[np.ndarray]]]
 # describe(i) -> (image i's (h, w) on the canvas, its labels, its polygons), without decoding it

@@ -185,7 +185,12 @@ def render_sample(
     amp = np.float32(rng.uniform(0, 14))  # uniform pixel noise: 3x cheaper than gaussian, looks the same
     img += (rng.random(img.shape, dtype=np.float32) - np.float32(0.5)) * (2 * amp)
     img = np.clip(img, 0, 255).astype(np.uint8)
-    labels = np.zeros((0, 5), np.float32)
+    return img, _tight_labels(owner, classes, crops), owner
+
+
+def _tight_labels(owner: np.ndarray, classes: list[int], crops: list[tuple[slice, slice]]) -> np.ndarray:
+    """(n, 5) [cls, x, y, w, h] normalised: the bound of the pixels each object still shows (hidden ones dropped)."""
+    h, w = owner.shape
     rows = []
     for j, (cls, (sy, sx)) in enumerate(zip(classes, crops, strict=True)):
         ys, xs = np.nonzero(owner[sy, sx] == j)
@@ -193,9 +198,7 @@ def render_sample(
             continue
         xyxy = np.array([xs.min() + sx.start, ys.min() + sy.start, xs.max() + 1 + sx.start, ys.max() + 1 + sy.start])
         rows.append([cls, *xyxy2xywhn(xyxy.astype(np.float64), w, h)])
-    if rows:
-        labels = np.array(rows, np.float32)
-    return img, labels, owner
+    return np.array(rows, np.float32) if rows else np.zeros((0, 5), np.float32)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
