@@ -110,9 +110,8 @@ def run(spec: str, args: argparse.Namespace) -> None:
     hyp = yaml.safe_load(Path(args.hyp).read_text())
     aug = yaml.safe_load(Path(args.augment).read_text())
     extras = AlbumentationsExtras(aug.get("albumentations"))
-    box_args = {k: aug[k] for k in ("wh_thr", "ar_thr", "area_thr", "area_thr_segments", "pixel_centres") if k in aug}
     print(f"data: {data.yaml_file} ({len(labels.im_files)} train images), batch {args.batch_size}, "
-          f"torch threads {args.threads}, one_pass {aug.get('one_pass', False)}, extras: {extras}")  # fmt: skip
+          f"torch threads {args.threads}, one_pass {aug['one_pass']}, extras: {extras}")  # fmt: skip
     for imgsz in args.imgsz:
         ds = YoloDataset(
             labels,
@@ -121,10 +120,7 @@ def run(spec: str, args: argparse.Namespace) -> None:
             hyp=hyp,
             augment=True,
             albumentations=extras,
-            mixup_beta=aug.get("mixup_beta", 32.0),
-            one_pass=bool(aug.get("one_pass", False)),
-            reduced_decoding=bool(aug.get("reduced_decoding", True)),
-            **box_args,
+            rendering=aug,
         )
         for workers in args.workers:
             ips = measure(ds, args.batch_size, workers, args.batches)

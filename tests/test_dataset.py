@@ -13,7 +13,7 @@ from detector.boxes import scale_boxes, xywhn2xyxy
 from detector.data import image_cache
 from detector.data.dataset import YoloDataset, rect_batch_shapes
 from detector.data.sampler import EpochSampler
-from tests.helpers import PALETTE
+from tests.helpers import PALETTE, make_dataset
 
 HYP0 = dict.fromkeys(
     ["hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud", "fliplr",
@@ -72,10 +72,11 @@ def labelset(tmp_path_factory):
     return make_labelset(tmp_path_factory.mktemp("ds") / "images")
 
 
-@pytest.mark.parametrize("degrees", [0.0, 5.0])  # the one-pass mosaic (axis-aligned warp) and the canvas path
-def test_mosaic_sample_keeps_boxes_on_pixels(labelset, degrees):
+@pytest.mark.parametrize("one_pass", [True, False])  # with degrees 0: the one-pass mosaic, or YOLOv5's canvas
+@pytest.mark.parametrize("degrees", [0.0, 5.0])  # 5: the canvas path on both settings
+def test_mosaic_sample_keeps_boxes_on_pixels(labelset, degrees, one_pass):
     hyp = HYP0 | dict(mosaic=1.0, translate=0.1, scale=0.5, degrees=degrees, fliplr=0.5, flipud=0.5)
-    ds = YoloDataset(labelset, imgsz=96, hyp=hyp, augment=True)
+    ds = make_dataset(labelset, imgsz=96, hyp=hyp, augment=True, one_pass=one_pass)
     n_boxes = 0
     for index in range(len(ds)):
         img, labels, path, shapes = ds[(index, 0)]
@@ -89,10 +90,11 @@ def test_mosaic_sample_keeps_boxes_on_pixels(labelset, degrees):
     assert n_boxes > 10
 
 
-@pytest.mark.parametrize("degrees", [0.0, 10.0])  # one-pass rendering (axis-aligned warp) and letterbox + warp
-def test_letterbox_sample_keeps_boxes_on_pixels_with_warp(labelset, degrees):
+@pytest.mark.parametrize("one_pass", [True, False])  # with degrees 0: one-pass rendering, or letterbox + warp
+@pytest.mark.parametrize("degrees", [0.0, 10.0])
+def test_letterbox_sample_keeps_boxes_on_pixels_with_warp(labelset, degrees, one_pass):
     hyp = HYP0 | dict(degrees=degrees, shear=3.0 if degrees else 0.0, scale=0.3, translate=0.1)
-    ds = YoloDataset(labelset, imgsz=128, hyp=hyp, augment=True)
+    ds = make_dataset(labelset, imgsz=128, hyp=hyp, augment=True, one_pass=one_pass)
     for index in range(len(ds)):
         img, labels, _, shapes = ds[index]
         assert img.shape == (3, 128, 128) and shapes is not None
@@ -100,20 +102,25 @@ def test_letterbox_sample_keeps_boxes_on_pixels_with_warp(labelset, degrees):
         assert_on_pixels(im, px[(px[:, 3] - px[:, 1] > 4) & (px[:, 4] - px[:, 2] > 4)], tol=2.5)
 
 
-def test_one_pass_letterbox_matches_letterbox_then_warp(labelset):
+@pytest.mark.parametrize("pixel_centres", [False, True])
+def test_one_pass_letterbox_matches_letterbox_then_warp(labelset, pixel_centres):
     from detector.data.geometry import apply_warp, draw_warp, warp_targets
-    from detector.data.letterbox import letterbox
+    from detector.data.letterbox import letterbox, letterbox_geometry
     from detector.data.photometric import to_bgr
 
     hyp = HYP0 | dict(scale=0.5, translate=0.1)
-    ds = YoloDataset(labelset, imgsz=96, hyp=hyp, augment=True)
-    two_step = YoloDataset(labelset, imgsz=96, hyp=hyp, augment=True, one_pass=False)
+    kw = dict(imgsz=96, hyp=hyp, augment=True, pixel_centres=pixel_centres)
+    ds = make_dataset(labelset, one_pass=True, **kw)
+    two_step = make_dataset(labelset, one_pass=False, **kw)
     for index in range(len(ds)):
         j, fast, labels, _ = ds._letterboxed(index, np.random.default_rng(index))
         warp = draw_warp((96, 96), np.random.default_rng(index), 0.0, 0.1, 0.5, 0.0, 0.0)
         assert warp.axis_aligned
         im, _, (h, w) = ds.images.load(index)
         ref, ratio, pad = letterbox(im, 96)
+        if pixel_centres:  # labels sit at the rounded borders the pixels were padded by
+            top, _, left, _ = letterbox_geometry((h, w), 96).borders
+            pad = (left, top)
         ref = to_bgr(apply_warp(ref, warp))
         ref_labels = ds.labels[index].copy()
         ref_labels[:, 1:] = xywhn2xyxy(ref_labels[:, 1:], ratio[0] * w, ratio[1] * h, *pad)
@@ -134,8 +141,8 @@ def test_one_pass_letterbox_matches_letterbox_then_warp(labelset):
 
 def test_mixup_adds_the_second_mosaic_labels(labelset):
     base = HYP0 | dict(mosaic=1.0)
-    plain = YoloDataset(labelset, imgsz=64, hyp=base, augment=True)
-    mixed = YoloDataset(labelset, imgsz=64, hyp=base | dict(mixup=1.0), augment=True)
+    plain = make_dataset(labelset, imgsz=64, hyp=base, augment=True)
+    mixed = make_dataset(labelset, imgsz=64, hyp=base | dict(mixup=1.0), augment=True)
     for index in range(4):
         a, b = plain[(index, 0)], mixed[(index, 0)]
         assert len(b[1]) > len(a[1])
@@ -143,7 +150,7 @@ def test_mixup_adds_the_second_mosaic_labels(labelset):
 
 
 def test_zero_gains_give_the_letterboxed_image(labelset):
-    ds = YoloDataset(labelset, imgsz=128, hyp=HYP0, augment=True, albumentations=None)
+    ds = make_dataset(labelset, imgsz=128, hyp=HYP0, augment=True, albumentations=None)
     for index in range(len(ds)):
         img, labels, _, ((h0, w0), (ratio, pad)) = ds[(index, 3)]
         src = cv2.imread(labelset.im_files[index])
@@ -158,9 +165,9 @@ def test_zero_gains_give_the_letterboxed_image(labelset):
 
 
 def test_same_seed_epoch_index_gives_same_sample(labelset):
-    ds = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW | dict(mixup=0.5), augment=True, seed=3,
+    ds = make_dataset(labelset, imgsz=64, hyp=HYP_LOW | dict(mixup=0.5), augment=True, seed=3,
                      albumentations=[{"_target_": "albumentations.Blur", "p": 0.5}])  # fmt: skip
-    again = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW | dict(mixup=0.5), augment=True, seed=3,
+    again = make_dataset(labelset, imgsz=64, hyp=HYP_LOW | dict(mixup=0.5), augment=True, seed=3,
                         albumentations=[{"_target_": "albumentations.Blur", "p": 0.5}])  # fmt: skip
     for index in range(4):
         a, b = ds[(index, 2)], again[(index, 2)]
@@ -171,7 +178,7 @@ def test_same_seed_epoch_index_gives_same_sample(labelset):
 
 
 def test_loader_output_does_not_depend_on_workers(labelset):
-    ds = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, seed=1)
+    ds = make_dataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, seed=1)
 
     def batches(workers):
         sampler = EpochSampler(len(ds), shuffle=True, seed=1)
@@ -185,17 +192,17 @@ def test_loader_output_does_not_depend_on_workers(labelset):
 
 
 def test_close_mosaic_switches_off_from_epochs_minus_n(labelset):
-    ds = YoloDataset(labelset, imgsz=64, hyp=HYP0 | dict(mosaic=1.0), augment=True, epochs=10, close_mosaic=3)
+    ds = make_dataset(labelset, imgsz=64, hyp=HYP0 | dict(mosaic=1.0), augment=True, epochs=10, close_mosaic=3)
     assert [ds.mosaic_active(e) for e in range(10)] == [True] * 7 + [False] * 3
     assert ds[(0, 6)][3] is None and ds[(0, 7)][3] is not None
-    never = YoloDataset(labelset, imgsz=64, hyp=HYP0 | dict(mosaic=1.0), augment=True, epochs=10, close_mosaic=0)
+    never = make_dataset(labelset, imgsz=64, hyp=HYP0 | dict(mosaic=1.0), augment=True, epochs=10, close_mosaic=0)
     assert all(never.mosaic_active(e) for e in range(12))
-    assert not YoloDataset(labelset, imgsz=64, hyp=HYP0 | dict(mosaic=1.0), augment=True, rect=True).mosaic_active(0)
+    assert not make_dataset(labelset, imgsz=64, hyp=HYP0 | dict(mosaic=1.0), augment=True, rect=True).mosaic_active(0)
 
 
 def test_rect_batch_shapes_formula(labelset):
     wh = np.array([[100, 50], [100, 60], [50, 100], [40, 100], [100, 100]], float)  # sorted by h/w below
-    ds = YoloDataset(SimpleNamespace(im_files=[f"x{i}.jpg" for i in range(5)], labels=[np.zeros((0, 5))] * 5,
+    ds = make_dataset(SimpleNamespace(im_files=[f"x{i}.jpg" for i in range(5)], labels=[np.zeros((0, 5))] * 5,
                                      shapes=wh, segments=None),
                      imgsz=64, batch_size=2, rect=True, pad=0.5, reader=lambda p, reduce: None)  # fmt: skip
     ar = np.sort(wh[:, 1] / wh[:, 0])  # 0.5, 0.6, 1, 2, 2.5
@@ -207,7 +214,7 @@ def test_rect_batch_shapes_formula(labelset):
 
 
 def test_val_shapes_map_labels_back_to_original_pixels(labelset):
-    ds = YoloDataset(labelset, imgsz=96, batch_size=4, rect=True, pad=0.5, augment=False)
+    ds = make_dataset(labelset, imgsz=96, batch_size=4, rect=True, pad=0.5, augment=False)
     batch = YoloDataset.collate_fn([ds[i] for i in range(4)])
     imgs, targets, paths, shapes = batch
     assert imgs.shape[0] == 4 and (torch.tensor(imgs.shape[2:]) % 32 == 0).all()
@@ -222,7 +229,7 @@ def test_val_shapes_map_labels_back_to_original_pixels(labelset):
 
 
 def test_collate_writes_batch_index(labelset):
-    ds = YoloDataset(labelset, imgsz=64, hyp=HYP0, augment=True)
+    ds = make_dataset(labelset, imgsz=64, hyp=HYP0, augment=True)
     imgs, targets, paths, shapes = YoloDataset.collate_fn([ds[i] for i in range(4)])
     assert imgs.shape == (4, 3, 64, 64) and imgs.dtype == torch.uint8 and len(paths) == len(shapes) == 4
     counts = [len(labelset.labels[i]) for i in range(4)]
@@ -232,7 +239,7 @@ def test_collate_writes_batch_index(labelset):
 def test_unreadable_image_is_replaced_and_logged_once(tmp_path, caplog):
     ls = make_labelset(tmp_path / "images", n=4)
     Path(ls.im_files[1]).write_bytes(b"not an image")
-    ds = YoloDataset(ls, imgsz=64, hyp=HYP0, augment=True)
+    ds = make_dataset(ls, imgsz=64, hyp=HYP0, augment=True)
     with caplog.at_level(logging.WARNING):
         a = ds[1]
         b = ds[1]
@@ -247,7 +254,7 @@ def test_mosaic_decodes_big_jpegs_reduced(tmp_path, monkeypatch):
     cv2.imwrite(str(tmp_path / "big.jpg"), big)
     ls.im_files[0], ls.shapes[0] = str(tmp_path / "big.jpg"), (1000, 800)
     ls.labels[0] = np.array([[0, 0.5, 0.5, 0.5, 0.5]], np.float32)
-    ds = YoloDataset(ls, imgsz=64, hyp=HYP0 | dict(mosaic=1.0, translate=0.1, scale=0.5), augment=True)
+    ds = make_dataset(ls, imgsz=64, hyp=HYP0 | dict(mosaic=1.0, translate=0.1, scale=0.5), augment=True, one_pass=True)
     seen = []
     decode = ds.images.decode
     monkeypatch.setattr(ds.images, "decode", lambda i, reduce=1: seen.append((i, reduce)) or decode(i, reduce))
@@ -264,7 +271,8 @@ def test_mosaic_decodes_big_jpegs_reduced(tmp_path, monkeypatch):
 def test_unreadable_image_in_one_pass_paths_is_replaced(tmp_path, caplog, mosaic):
     ls = make_labelset(tmp_path / "images", n=4)
     Path(ls.im_files[1]).write_bytes(b"not an image")
-    ds = YoloDataset(ls, imgsz=64, hyp=HYP0 | dict(mosaic=mosaic, scale=0.5, translate=0.1), augment=True)
+    ds = make_dataset(ls, imgsz=64, hyp=HYP0 | dict(mosaic=mosaic, scale=0.5, translate=0.1), augment=True,
+                      one_pass=True)  # fmt: skip
     with caplog.at_level(logging.WARNING):
         for k in range(12):
             img, labels, path, _ = ds[(k % 4, k)]
@@ -277,20 +285,20 @@ def test_unreadable_image_in_one_pass_paths_is_replaced(tmp_path, caplog, mosaic
 def test_copy_paste_warns_once_for_boxes_and_runs_with_polygons(tmp_path, caplog):
     boxes = make_labelset(tmp_path / "a" / "images", n=4)
     with caplog.at_level(logging.WARNING):
-        ds = YoloDataset(boxes, imgsz=64, hyp=HYP0 | dict(copy_paste=0.5, mosaic=1.0), augment=True)
+        ds = make_dataset(boxes, imgsz=64, hyp=HYP0 | dict(copy_paste=0.5, mosaic=1.0), augment=True)
         ds[0], ds[1]
     assert sum("copy_paste" in r.message for r in caplog.records) == 1
     polys = make_labelset(tmp_path / "b" / "images", n=4, polygons=True)
     hyp = HYP0 | dict(copy_paste=1.0, mosaic=1.0)
-    with_cp = YoloDataset(polys, imgsz=64, hyp=hyp, augment=True)
-    without = YoloDataset(polys, imgsz=64, hyp=hyp | dict(copy_paste=0.0), augment=True)
+    with_cp = make_dataset(polys, imgsz=64, hyp=hyp, augment=True)
+    without = make_dataset(polys, imgsz=64, hyp=hyp | dict(copy_paste=0.0), augment=True)
     assert sum(len(with_cp[i][1]) for i in range(4)) > sum(len(without[i][1]) for i in range(4))
 
 
 def test_ram_and_disk_cache_give_the_same_samples(labelset, tmp_path, monkeypatch, caplog):
-    plain = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True)
-    ram = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, cache="ram")
-    disk = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, cache="disk", cache_dir=tmp_path / "npy")
+    plain = make_dataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True)
+    ram = make_dataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, cache="ram")
+    disk = make_dataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, cache="disk", cache_dir=tmp_path / "npy")
     assert ram.images.ram is not None and len(list((tmp_path / "npy").glob("*.npy"))) == len(labelset.im_files)
     assert not list(Path(labelset.im_files[0]).parent.glob("*.npy"))  # nothing written into the dataset
     for i in range(3):
@@ -301,20 +309,20 @@ def test_ram_and_disk_cache_give_the_same_samples(labelset, tmp_path, monkeypatc
         assert (a.float() - b.float()).abs().mean() < 2 and (a.float() - c.float()).abs().mean() < 2
     monkeypatch.setattr(image_cache, "available_ram", lambda: 1000)
     with caplog.at_level(logging.WARNING):
-        low = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, cache="ram")
+        low = make_dataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, cache="ram")
     assert low.images.ram is None and "not caching" in caplog.text
     with pytest.raises(ValueError, match="cache"):
-        YoloDataset(labelset, imgsz=64, cache="gpu")
+        make_dataset(labelset, imgsz=64, cache="gpu")
 
 
 def test_missing_hyp_key_is_named(labelset):
     with pytest.raises(KeyError, match="fliplr"):
-        YoloDataset(labelset, imgsz=64, hyp={k: v for k, v in HYP0.items() if k != "fliplr"}, augment=True)
+        make_dataset(labelset, imgsz=64, hyp={k: v for k, v in HYP0.items() if k != "fliplr"}, augment=True)
 
 
 def test_threaded_batch_fetch_matches_one_by_one(labelset):
     extras = [{"_target_": "albumentations.MedianBlur", "p": 0.5}, {"_target_": "albumentations.ToGray", "p": 0.5}]
-    ds = YoloDataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, albumentations=extras, threads=4)
+    ds = make_dataset(labelset, imgsz=64, hyp=HYP_LOW, augment=True, albumentations=extras, threads=4)
     items = [(i % len(labelset.im_files), 7) for i in range(24)]
     for _ in range(3):
         batch = ds.__getitems__(items)

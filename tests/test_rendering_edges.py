@@ -19,7 +19,7 @@ import pytest
 
 from detector.boxes import xywhn2xyxy
 from detector.data import resample
-from detector.data.dataset import YoloDataset
+from tests.helpers import make_dataset
 
 HYP = dict.fromkeys(
     ["hsv_h", "hsv_s", "hsv_v", "degrees", "shear", "perspective", "flipud", "fliplr", "mixup", "copy_paste"], 0.0
@@ -92,7 +92,7 @@ def measure(
     labelset: SimpleNamespace, mosaic: float, one_pass: bool, n: int = 240, pixel_centres: bool = True
 ) -> dict[str, float]:
     """Signed mean edge error per side over n samples (epochs x images) at imgsz 160."""
-    ds = YoloDataset(labelset, imgsz=160, hyp=HYP | {"mosaic": mosaic}, augment=True, one_pass=one_pass,
+    ds = make_dataset(labelset, imgsz=160, hyp=HYP | {"mosaic": mosaic}, augment=True, one_pass=one_pass,
                      pixel_centres=pixel_centres)  # fmt: skip
     errors: dict[str, list[float]] = {"left": [], "right": [], "top": [], "bottom": []}
     for k in range(n):

@@ -142,11 +142,9 @@ class DetectorDataModule(L.LightningDataModule):
         if self.report_dir is not None and rank == 0:  # load_labels has logged the report
             path = labels.report.save(self.report_dir / f"dataset_{split}.txt")
             log.info("%s dataset report saved to %s", split, path)
-        a = self.augment
-        box_args = {k: a[k] for k in ("wh_thr", "ar_thr", "area_thr", "area_thr_segments", "pixel_centres")}
-        common = dict(imgsz=self.imgsz, hyp=self.hyp, stride=self.stride, seed=self.seed, epochs=self.epochs,
-                      names=self.names, workers=self.workers, cache=self.cache,
-                      cache_dir=self._npy_cache_dir(labels), **box_args)  # fmt: skip
+        common = dict(imgsz=self.imgsz, rendering=self.augment, hyp=self.hyp, stride=self.stride, seed=self.seed,
+                      epochs=self.epochs, names=self.names, workers=self.workers, cache=self.cache,
+                      cache_dir=self._npy_cache_dir(labels))  # fmt: skip
         if not augment:
             return YoloDataset(labels, batch_size=batch, augment=False, rect=True, pad=self.val_pad, **common)
         return YoloDataset(
@@ -155,11 +153,7 @@ class DetectorDataModule(L.LightningDataModule):
             augment=True,
             rect=self.rect,
             close_mosaic=self.close_mosaic,
-            mosaic9=bool(a["mosaic9"]),
-            one_pass=bool(a["one_pass"]),
-            reduced_decoding=bool(a["reduced_decoding"]),
-            mixup_beta=float(a["mixup_beta"]),
-            albumentations=AlbumentationsExtras(a["albumentations"]),
+            albumentations=AlbumentationsExtras(self.augment["albumentations"]),
             **common,
         )
 

@@ -42,6 +42,8 @@ AUGMENT_HYP_KEYS = (
     "mixup",
     "copy_paste",
 )
+BOX_KEYS = ("wh_thr", "ar_thr", "area_thr", "area_thr_segments")  # warp_targets' box-candidate thresholds
+RENDERING_KEYS = ("mosaic9", "one_pass", "reduced_decoding", "pixel_centres", "mixup_beta", *BOX_KEYS)
 Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]] | None
 
 
@@ -88,12 +90,17 @@ class YoloDataset(Dataset):
     as OpenCV moves pixels (see warp_targets) and by the rounded letterbox padding; False keeps YOLOv5's labels.
     Batches are fetched by a thread pool: ``threads`` threads (0: up to 8, one per CPU) when loading in the
     main process, the CPUs left per worker inside loader workers.
+
+    ``rendering`` is conf/augment's node (its keys in ``RENDERING_KEYS``, no defaults here: the config owns them);
+    the albumentations stage is passed built (``albumentations``), None for none.
     """
 
     def __init__(
         self,
         labelset: Any,
-        imgsz: int = 640,
+        *,
+        imgsz: int,
+        rendering: Mapping[str, Any],
         batch_size: int = 16,
         hyp: Mapping[str, Any] | None = None,
         augment: bool = False,
@@ -103,19 +110,10 @@ class YoloDataset(Dataset):
         seed: int = 0,
         epochs: int = 300,
         close_mosaic: int = 0,
-        mosaic9: bool = False,
-        one_pass: bool = False,
-        reduced_decoding: bool = True,
         albumentations: AlbumentationsExtras | Sequence[Any] | None = None,
         cache: str | None = None,
         cache_dir: str | Path | None = None,
         names: Mapping[int, str] | None = None,
-        wh_thr: float = 2.0,
-        ar_thr: float = 100.0,
-        area_thr: float = 0.1,
-        area_thr_segments: float = 0.01,
-        pixel_centres: bool = False,
-        mixup_beta: float = 32.0,
         reader: Reader | None = None,
         workers: int = 2,
         threads: int = 0,
@@ -127,12 +125,14 @@ class YoloDataset(Dataset):
         self.seed = int(seed)
         self.epochs = int(epochs)
         self.close_mosaic = int(close_mosaic)
-        self.mosaic9 = bool(mosaic9)
-        self.one_pass = bool(one_pass)
-        self.reduced_decoding = bool(reduced_decoding)
-        self.mixup_beta = float(mixup_beta)
-        self.box_args = dict(wh_thr=wh_thr, ar_thr=ar_thr, area_thr=area_thr, area_thr_segments=area_thr_segments,
-                             pixel_centres=bool(pixel_centres))  # fmt: skip
+        missing = [k for k in RENDERING_KEYS if k not in rendering]
+        if missing:
+            raise KeyError(f"rendering settings (conf/augment) are missing {missing}")
+        self.mosaic9 = bool(rendering["mosaic9"])
+        self.one_pass = bool(rendering["one_pass"])
+        self.reduced_decoding = bool(rendering["reduced_decoding"])
+        self.mixup_beta = float(rendering["mixup_beta"])
+        self.box_args = {k: rendering[k] for k in BOX_KEYS} | {"pixel_centres": bool(rendering["pixel_centres"])}
         self.hyp = dict(hyp or {})
         missing = [k for k in AUGMENT_HYP_KEYS if k not in self.hyp]
         if self.augment and missing:
