@@ -78,7 +78,8 @@ def random_perspective(
     warp = draw_warp(im.shape[:2], rng, degrees, translate, scale, shear, perspective, border)
     if border[0] or border[1] or (warp.M != np.eye(3)).any():
         im = apply_warp(im, warp)
-    return im, warp_targets(targets, segments, warp, wh_thr, ar_thr, area_thr, area_thr_segments)
+    boxes = dict(wh_thr=wh_thr, ar_thr=ar_thr, area_thr=area_thr, area_thr_segments=area_thr_segments)
+    return im, warp_targets(targets, segments, warp, **boxes, pixel_centres=False)
 
 
 def test_letterbox_keeps_boxes_on_pixels_and_pads_symmetrically():
@@ -161,9 +162,11 @@ def test_box_candidates_thresholds():
         ],
         float,
     ).T
-    np.testing.assert_array_equal(box_candidates(before, after), [True, False, False, True, False])
-    assert box_candidates(before, after, area_thr=0.01)[2]
-    assert box_candidates(before, after, ar_thr=200)[4] and not box_candidates(before, after, wh_thr=3)[4]
+    yolov5 = dict(wh_thr=2, ar_thr=100, area_thr=0.1)  # YOLOv5's thresholds
+    np.testing.assert_array_equal(box_candidates(before, after, **yolov5), [True, False, False, True, False])
+    assert box_candidates(before, after, **yolov5 | dict(area_thr=0.01))[2]
+    assert box_candidates(before, after, **yolov5 | dict(ar_thr=200))[4]
+    assert not box_candidates(before, after, **yolov5 | dict(wh_thr=3))[4]
 
 
 def test_random_perspective_drops_boxes_that_shrink():
@@ -370,8 +373,9 @@ def test_pixel_centre_labels_follow_opencv_warps(s):
     M = np.array([[s, 0, 7.0], [0, s, 3.0], [0, 0, 1]])
     warp = Warp(M, s, (200, 200), False)
     targets = np.array([[0, 20.0, 30.0, 60.0, 90.0]])
-    yolov5 = warp_targets(targets.copy(), (), warp)
-    exact = warp_targets(targets.copy(), (), warp, pixel_centres=True)
+    boxes = dict(wh_thr=2, ar_thr=100, area_thr=0.1, area_thr_segments=0.01)  # YOLOv5's thresholds
+    yolov5 = warp_targets(targets.copy(), (), warp, **boxes, pixel_centres=False)
+    exact = warp_targets(targets.copy(), (), warp, **boxes, pixel_centres=True)
     np.testing.assert_allclose(yolov5[0, 1:], [s * 20 + 7, s * 30 + 3, s * 60 + 7, s * 90 + 3])
     np.testing.assert_allclose(exact[0, 1:], yolov5[0, 1:] + 0.5 * (1 - s))
     if s < 1:

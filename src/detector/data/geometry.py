@@ -22,9 +22,10 @@ PAD_COLOR4 = (PAD_GREY,) * 4  # the padding grey with the alpha channel of the f
 def box_candidates(
     box1: np.ndarray,
     box2: np.ndarray,
-    wh_thr: float = 2,
-    ar_thr: float = 100,
-    area_thr: float = 0.1,
+    *,
+    wh_thr: float,
+    ar_thr: float,
+    area_thr: float,
     eps: float = 1e-16,
 ) -> np.ndarray:
     """Mask of boxes worth keeping after a warp: box1 (4, n) before (scaled), box2 (4, n) after, xyxy pixels.
@@ -145,11 +146,12 @@ def warp_targets(
     targets: np.ndarray,
     segments: Sequence[np.ndarray],
     warp: Warp,
-    wh_thr: float = 2,
-    ar_thr: float = 100,
-    area_thr: float = 0.1,
-    area_thr_segments: float = 0.01,
-    pixel_centres: bool = False,
+    *,
+    wh_thr: float,
+    ar_thr: float,
+    area_thr: float,
+    area_thr_segments: float,
+    pixel_centres: bool,
 ) -> np.ndarray:
     """Move pixel-xyxy targets through the warp and keep the box candidates.
 
