@@ -5,7 +5,14 @@ import torch
 import torchvision
 
 from detector.boxes import xywh2xyxy
-from detector.nms import non_max_suppression
+from detector.nms import non_max_suppression as _nms
+
+VAL = dict(conf_thres=0.001, iou_thres=0.6, max_det=300)  # conf/train.yaml's val thresholds (YOLOv5's val.py)
+
+
+def non_max_suppression(pred, **kw):
+    """Our NMS with the validation thresholds unless ``kw`` sets others."""
+    return _nms(pred, **(VAL | kw))
 
 
 def _row(cx, cy, w, h, obj, cls_scores):

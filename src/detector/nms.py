@@ -14,9 +14,10 @@ _OFFSET_TRICK_MAX_CPU = 3000  # above this many rows, per-class NMS is faster on
 
 def non_max_suppression(
     pred: torch.Tensor,
-    conf_thres: float = 0.001,
-    iou_thres: float = 0.6,
-    max_det: int = 300,
+    *,
+    conf_thres: float,
+    iou_thres: float,
+    max_det: int,
     multi_label: bool = True,
     agnostic: bool = False,
     max_nms: int = 30000,
