@@ -246,7 +246,7 @@ class YoloDataset(Dataset):
         if self.augment:  # the draws random_perspective makes on the letterboxed image
             warp = draw_warp(canvas, rng, h["degrees"], h["translate"], h["scale"], h["shear"], h["perspective"])
         moves = warp is not None and bool((warp.M != np.eye(3)).any())
-        if self.one_pass and moves and warp.axis_aligned:
+        if warp is not None and self._one_pass(warp, needs_canvas=not moves):
             return self._letterboxed_warped(index, canvas, warp)
         index, img, (h0, w0), (hh, ww) = self._load(index)
         img, ratio, _ = letterbox(img, shape, auto=False, scaleup=self.augment)
@@ -280,6 +280,11 @@ class YoloDataset(Dataset):
         w0, h0 = (int(v) for v in self.shapes[j])
         return j, out, warp_targets(labels, (), warp, **self.box_args), ((h0, w0), ((hh / h0, ww / w0), pad))
 
+    def _one_pass(self, warp: Warp, needs_canvas: bool) -> bool:
+        """The one rule for the path: one-pass rendering when it is on, the warp is axis-aligned and nothing needs
+        YOLOv5's canvas (mosaic9, copy-paste, or an identity warp that leaves a plain letterbox); else YOLOv5's."""
+        return self.one_pass and warp.axis_aligned and not needs_canvas
+
     def _label_pad(self, g: LetterboxGeometry) -> tuple[float, float]:
         """Where labels go on a letterboxed image: the rounded borders the pixels sit at (``pixel_centres``), or
         YOLOv5's unrounded (dw / 2, dh / 2)."""
@@ -292,7 +297,7 @@ class YoloDataset(Dataset):
         warp = draw_warp((2 * s, 2 * s), rng, h["degrees"], h["translate"], h["scale"], h["shear"],
                          h["perspective"], self.mosaic_border)  # fmt: skip
         full = (cp > 0 and self.has_polygons) or warp.perspective  # copy-paste mirrors the whole canvas
-        if self.one_pass and not self.mosaic9 and not full and warp.axis_aligned:  # every YOLOv5 hyp file
+        if self._one_pass(warp, needs_canvas=self.mosaic9 or full):  # every YOLOv5 hyp file, with mosaic4
             img, labels, segments = mosaic4_warped(self._tile_info, self._load_tile, index, self.n, s, rng, warp)
             return img, warp_targets(labels, segments, warp, **self.box_args)
         if self.mosaic9:
