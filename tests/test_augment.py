@@ -1,7 +1,5 @@
 """Augmentation primitives: boxes stay on their pixels, zero gains change nothing, YOLOv5's formulas hold."""
 
-from collections.abc import Sequence
-
 import cv2
 import numpy as np
 import pytest
@@ -53,33 +51,27 @@ def assert_boxes_on_pixels(im, labels, tol=2.0):
 RECTS = [(0, 10, 12, 40, 30), (1, 60, 40, 90, 75), (2, 20, 50, 45, 70)]
 
 
+YOLOV5_BOXES = dict(wh_thr=2, ar_thr=100, area_thr=0.1, area_thr_segments=0.01)  # YOLOv5's box-candidate thresholds
+
+
 def random_perspective(
     im: np.ndarray,
     targets: np.ndarray,
-    segments: Sequence[np.ndarray] = (),
-    degrees: float = 0.0,
-    translate: float = 0.1,
-    scale: float = 0.5,
-    shear: float = 0.0,
-    perspective: float = 0.0,
     border: tuple[int, int] = (0, 0),
     rng: np.random.Generator | None = None,
-    wh_thr: float = 2,
-    ar_thr: float = 100,
-    area_thr: float = 0.1,
-    area_thr_segments: float = 0.01,
+    **gains: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """YOLOv5's random_perspective composed from our three steps; returns (image, kept targets).
+    """YOLOv5's random_perspective composed from our three steps (``gains``: degrees, translate, scale, shear,
+    perspective, as ``draw_warp`` takes them); returns (image, kept targets) under YOLOv5's box thresholds.
 
     Output size is the input size plus ``2 * border`` (h, w), with the input's channels (BGR or BGRA). The image
     is left as it is when the border is 0 and M is the identity.
     """
     rng = rng if rng is not None else np.random.default_rng()
-    warp = draw_warp(im.shape[:2], rng, degrees, translate, scale, shear, perspective, border)
+    warp = draw_warp(im.shape[:2], rng, border=border, **gains)
     if border[0] or border[1] or (warp.M != np.eye(3)).any():
         im = apply_warp(im, warp)
-    boxes = dict(wh_thr=wh_thr, ar_thr=ar_thr, area_thr=area_thr, area_thr_segments=area_thr_segments)
-    return im, warp_targets(targets, segments, warp, **boxes, pixel_centres=False)
+    return im, warp_targets(targets, (), warp, **YOLOV5_BOXES, pixel_centres=False)
 
 
 def test_letterbox_keeps_boxes_on_pixels_and_pads_symmetrically():
@@ -373,7 +365,7 @@ def test_pixel_centre_labels_follow_opencv_warps(s):
     M = np.array([[s, 0, 7.0], [0, s, 3.0], [0, 0, 1]])
     warp = Warp(M, s, (200, 200), False)
     targets = np.array([[0, 20.0, 30.0, 60.0, 90.0]])
-    boxes = dict(wh_thr=2, ar_thr=100, area_thr=0.1, area_thr_segments=0.01)  # YOLOv5's thresholds
+    boxes = YOLOV5_BOXES
     yolov5 = warp_targets(targets.copy(), (), warp, **boxes, pixel_centres=False)
     exact = warp_targets(targets.copy(), (), warp, **boxes, pixel_centres=True)
     np.testing.assert_allclose(yolov5[0, 1:], [s * 20 + 7, s * 30 + 3, s * 60 + 7, s * 90 + 3])
