@@ -1,5 +1,15 @@
 """detector: YOLOv5's training recipe as a PyTorch Lightning application configured with Hydra."""
 
 from importlib.resources import files
+from pathlib import Path
 
-CONF_DIR = str(files("detector.conf"))  # conf/ in a checkout, detector/conf in an installed wheel
+
+def _conf_dir() -> str:
+    """detector/conf in an installed wheel, conf/ of the checkout in an editable install or with src/ on the path."""
+    try:
+        return str(files("detector.conf"))
+    except ModuleNotFoundError:  # src/ on sys.path without an install: the package-dir mapping is absent
+        return str(Path(__file__).resolve().parents[2] / "conf")
+
+
+CONF_DIR = _conf_dir()
