@@ -4,7 +4,8 @@
     .venv/bin/python bench/accuracy.py --data shapes --epochs 30 --imgsz 160
     .venv/bin/python bench/accuracy.py --data small-objects --epochs 30 --imgsz 320
 
-Both train yolov5n from scratch with hyp scratch-low, SGD, batch 16, AutoAnchor on, our defaults otherwise. Runs
+Both train yolov5n from scratch with hyp scratch-low, SGD, batch 16, AutoAnchor on, our defaults otherwise
+(``--optimizer AdamW --lr0 0.001``: both on AdamW, a budget at which the built-in data is learned on CPU). Runs
 alternate (YOLOv5 seed 0, ours seed 0, YOLOv5 seed 1, ...) so that drift of the machine hits both alike. Prints
 per-epoch train/val losses (mean and min-max over the seeds) and final mAP@0.5 and mAP@0.5:0.95 per seed, with
 mean and spread; writes everything to ``--out`` as JSON. Runs already finished under ``--out`` are reused, so
@@ -93,14 +94,28 @@ def yolov5_env(work: Path) -> dict[str, str]:
     }
 
 
-def run_yolov5(data: Path, args: argparse.Namespace, seed: int, out: Path) -> Path:
-    hyp = subprocess.check_output(
+def yolov5_hyp(args: argparse.Namespace, out: Path) -> Path:
+    """YOLOv5's own hyp.scratch-low.yaml, or a copy of it in ``out`` with ``--lr0`` applied."""
+    import yaml
+
+    root = subprocess.check_output(
         [str(Y5_PY), "-c", "import yolov5, pathlib; print(pathlib.Path(yolov5.__file__).parent)"], text=True
     ).strip()
+    hyp = Path(root) / "data" / "hyps" / "hyp.scratch-low.yaml"
+    if args.lr0 is None:
+        return hyp
+    values = yaml.safe_load(hyp.read_text()) | {"lr0": args.lr0}
+    copy = out / f"hyp.scratch-low.lr0-{args.lr0}.yaml"
+    copy.write_text(yaml.safe_dump(values, sort_keys=False))
+    return copy
+
+
+def run_yolov5(data: Path, args: argparse.Namespace, seed: int, out: Path) -> Path:
     cmd = [
         str(Y5_PY), "-m", "yolov5.train", "--data", str(data), "--cfg", "yolov5n.yaml", "--weights", "",
-        "--hyp", f"{hyp}/data/hyps/hyp.scratch-low.yaml", "--img", str(args.imgsz), "--batch-size", str(args.batch),
-        "--epochs", str(args.epochs), "--workers", str(args.workers), "--seed", str(seed), "--optimizer", "SGD",
+        "--hyp", str(yolov5_hyp(args, out)), "--img", str(args.imgsz), "--batch-size", str(args.batch),
+        "--epochs", str(args.epochs), "--workers", str(args.workers), "--seed", str(seed),
+        "--optimizer", args.optimizer,
         "--project", str(out), "--name", f"yolov5-seed{seed}", "--exist-ok", "--noplots",
     ]  # fmt: skip
     with open(out / f"yolov5-seed{seed}.log", "w") as log:
@@ -113,9 +128,14 @@ def run_ours(data: Path, args: argparse.Namespace, seed: int, out: Path) -> Path
     cmd = [
         str(OURS_PY), "-m", "detector.train", f"data={data}", "hyp=scratch-low", "model=yolov5n",
         f"imgsz={args.imgsz}", f"batch_size={args.batch}", f"epochs={args.epochs}", f"workers={args.workers}",
-        f"seed={seed}", "optimizer=SGD", "trainer=cpu", "trainer.enable_progress_bar=false",
-        f"hydra.run.dir={run_dir}", *args.ours,
+        f"seed={seed}", f"optimizer={args.optimizer}", "trainer=cpu", "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
+    if args.lr0 is not None:
+        cmd.append(f"hyp.lr0={args.lr0}")
+    if args.optimizer != "SGD":
+        cmd.append("schedule.ramp_adam_beta1=false")  # YOLOv5 ramps SGD momentum only
+    cmd += args.ours
     with open(out / f"detector-seed{seed}.log", "w") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
     return run_dir / "results.csv"
@@ -157,6 +177,8 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=160)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--optimizer", default="SGD", choices=["SGD", "Adam", "AdamW"], help="both trainers")
+    parser.add_argument("--lr0", type=float, default=None, help="hyp lr0 for both (default: scratch-low's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trainers", nargs="+", default=["yolov5", "detector"], choices=["yolov5", "detector"])
     parser.add_argument("--out", type=Path, default=None, help="folder for runs, logs and summary.json")
@@ -182,7 +204,8 @@ def main() -> None:
             print(f"{trainer} seed {seed}: {times[trainer][-1]:.0f} s, final mAP@0.5:0.95 "
                   f"{runs[trainer][seed]['metrics/mAP_0.5:0.95'][-1]:.4f}", flush=True)  # fmt: skip
     text = summary(runs)
-    print(f"data {data}, imgsz {args.imgsz}, batch {args.batch}, epochs {args.epochs}, seeds {args.seeds}")
+    print(f"data {data}, imgsz {args.imgsz}, batch {args.batch}, epochs {args.epochs}, seeds {args.seeds}, "
+          f"optimizer {args.optimizer}, lr0 {args.lr0 or 'scratch-low'}")  # fmt: skip
     print(text)
     if "yolov5" in args.trainers:
         nms = [(out / f"yolov5-seed{s}.log").read_text().count("NMS time limit") for s in args.seeds]
