@@ -22,10 +22,10 @@ from detector.anchors import anchor_fitness, anchor_metrics, label_wh
 
 def make_dataset(n_boxes: int, seed: int = 0, per_image: int = 5) -> tuple[list[np.ndarray], np.ndarray]:
     """A realistic mix: images of common shapes, boxes with log-normal sizes from 3 object scales and
-    log-normal aspect ratios (normalised ``[cls, x, y, w, h]`` labels and ``(w, h)`` shapes)."""
+    log-normal aspect ratios (normalised ``[cls, x, y, w, h]`` labels and ``(w, h)`` image sizes)."""
     rng = np.random.default_rng(seed)
     n_img = n_boxes // per_image
-    shapes = np.array([[640, 480], [1280, 720], [480, 640], [1024, 1024], [1920, 1080]])[rng.integers(0, 5, n_img)]
+    sizes_wh = np.array([[640, 480], [1280, 720], [480, 640], [1024, 1024], [1920, 1080]])[rng.integers(0, 5, n_img)]
     scale = rng.choice([0.02, 0.08, 0.25], size=(n_img, per_image), p=[0.5, 0.35, 0.15])
     area = scale * rng.lognormal(0.0, 0.5, (n_img, per_image))
     aspect = rng.lognormal(0.0, 0.6, (n_img, per_image))
@@ -36,7 +36,7 @@ def make_dataset(n_boxes: int, seed: int = 0, per_image: int = 5) -> tuple[list[
         np.stack([cls[i], np.full(per_image, 0.5), np.full(per_image, 0.5), w[i], h[i]], 1).astype(np.float32)
         for i in range(n_img)
     ]
-    return labels, shapes
+    return labels, sizes_wh
 
 
 def yolov5_kmean_anchors(wh0: np.ndarray, n: int, thr: float, gen: int, rng: np.random.Generator) -> np.ndarray:
@@ -81,8 +81,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    labels, shapes = make_dataset(args.boxes, args.seed)
-    wh = label_wh(labels, shapes, args.imgsz)
+    labels, sizes_wh = make_dataset(args.boxes, args.seed)
+    wh = label_wh(labels, sizes_wh, args.imgsz)
     wh_f = wh[(wh >= 2.0).any(1)]
     print(
         f"boxes: {len(wh)} ({len(wh_f)} with a side >= 2 px), n={args.n}, imgsz={args.imgsz}, "

@@ -119,6 +119,13 @@ def run(spec: str, args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             hyp=hyp,
             augment=True,
+            rect=False,
+            stride=32,
+            seed=0,
+            epochs=300,
+            close_mosaic=0,
+            cache=None,
+            workers=2,
             albumentations=extras,
             rendering=aug,
         )

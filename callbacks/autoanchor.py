@@ -2,7 +2,7 @@
 
 Rank 0 computes, every rank gets the same anchors through ``trainer.strategy.broadcast``; the new anchors are
 written in place into ``pl_module.model.detect.anchors`` (grid units), so every checkpoint carries them.
-Labels come from ``trainer.datamodule.train_dataset`` (``labels``, ``shapes``); without a datamodule the check
+Labels come from ``trainer.datamodule.train_dataset`` (``labels``, ``sizes_wh``); without a datamodule the check
 waits for ``on_train_start`` and reads ``trainer.train_dataloader.dataset``.
 """
 
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 class AutoAnchor(L.Callback):
-    """YOLOv5's check_anchors as a callback.
+    """YOLOv5's check_anchors as a callback. Settings come from conf/callbacks (no defaults here).
 
     Args:
         thr: anchor/label size ratio threshold (hyp ``anchor_t``).
@@ -39,17 +39,18 @@ class AutoAnchor(L.Callback):
 
     def __init__(
         self,
+        *,
         thr: float,
         imgsz: int,
-        enabled: bool = True,
-        force: bool = False,
-        gen: int = 1000,
-        bpr_target: float = 0.98,
-        seed: int = 0,
-        scale_jitter: tuple[float, float] = (0.9, 1.1),
-        population: int = 16,
-        climbers: int = 4,
-        max_fit_boxes: int | None = 8192,
+        enabled: bool,
+        force: bool | int | None,
+        gen: int,
+        bpr_target: float,
+        seed: int,
+        scale_jitter: tuple[float, float],
+        population: int,
+        climbers: int,
+        max_fit_boxes: int | None,
     ) -> None:
         self.thr = float(thr)
         self.imgsz = int(imgsz)
@@ -85,7 +86,7 @@ class AutoAnchor(L.Callback):
         self._deferred = False
         dataset = _with_labels(getattr(trainer.train_dataloader, "dataset", None))
         if dataset is None:
-            logger.warning("AutoAnchor: no training dataset with labels and shapes found; keeping the anchors")
+            logger.warning("AutoAnchor: no training dataset with labels and image sizes found; keeping the anchors")
             return
         self._run(trainer, pl_module, dataset)
 
@@ -120,9 +121,9 @@ class AutoAnchor(L.Callback):
         stride = torch.as_tensor(stride).detach().cpu().double().reshape(-1)
         anchors_px = (detect.anchors.detach().cpu().double() * stride.view(-1, 1, 1)).numpy()
         rng = np.random.default_rng(self.seed)
-        labels, shapes = dataset.labels, dataset.shapes
-        wh = label_wh(labels, shapes, self.imgsz, rng=rng, scale_jitter=self.scale_jitter)
-        wh_fit = label_wh(labels, shapes, self.imgsz, warn=False)  # same rows as wh, already reported
+        labels, sizes_wh = dataset.labels, dataset.sizes_wh
+        wh = label_wh(labels, sizes_wh, self.imgsz, rng=rng, scale_jitter=self.scale_jitter)
+        wh_fit = label_wh(labels, sizes_wh, self.imgsz, warn=False)  # same rows as wh, already reported
         self.result = res = check_anchors(
             wh,
             anchors_px,
@@ -148,7 +149,7 @@ class AutoAnchor(L.Callback):
 
 
 def _with_labels(dataset):
-    """``dataset`` if it has ``labels`` and ``shapes`` (what AutoAnchor reads), else None."""
-    if dataset is not None and hasattr(dataset, "labels") and hasattr(dataset, "shapes"):
+    """``dataset`` if it has ``labels`` and ``sizes_wh`` (what AutoAnchor reads), else None."""
+    if dataset is not None and hasattr(dataset, "labels") and hasattr(dataset, "sizes_wh"):
         return dataset
     return None

@@ -30,7 +30,7 @@ class DatasetPlots(Callback):
 
     Global rank zero only."""
 
-    def __init__(self, save_dir: str | Path, n_batches: int = 3) -> None:
+    def __init__(self, save_dir: str | Path, *, n_batches: int) -> None:
         self.save_dir = Path(save_dir)
         self.n_batches = n_batches
         self._first_epoch: int | None = None

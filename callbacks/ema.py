@@ -47,7 +47,7 @@ class YoloEMA(WeightAveraging):
     d(1) ~ 0.0005; False: the first update copies the model (Lightning's AveragedModel default).
     """
 
-    def __init__(self, decay: float = 0.9999, tau: float = 2000.0, from_init: bool = True) -> None:
+    def __init__(self, *, decay: float, tau: float, from_init: bool) -> None:
         super().__init__(use_buffers=True, multi_avg_fn=YoloEmaAverage(decay, tau, offset=0 if from_init else 1))
         self.from_init = from_init
 

@@ -31,6 +31,14 @@ def compose_train(overrides: list[str] | None = None) -> DictConfig:
         return compose(config_name="train", overrides=overrides or [])
 
 
+def conf_callback(name: str, overrides: list[str] | None = None, **kwargs: Any) -> Callback:
+    """Callback ``name`` of conf/callbacks/default.yaml, built as a run builds it, with ``kwargs`` replacing
+    its settings (``save_dir`` is needed for the ones that write into the run folder)."""
+    from hydra.utils import instantiate
+
+    return instantiate(compose_train(overrides).callbacks[name], **kwargs)
+
+
 class StopAfterEpochs(Callback):
     """Ends a fit after ``epochs`` epochs as an interruption would, checkpoints written (resume tests)."""
 
@@ -52,8 +60,12 @@ def conf_rendering(**overrides: Any) -> dict[str, Any]:
 
 
 def make_dataset(labelset: Any, **kw: Any) -> Any:
-    """YoloDataset with the config's rendering settings; conf/augment keys among ``kw`` override them."""
-    from detector.data.dataset import RENDERING_KEYS, YoloDataset
+    """YoloDataset with the config's rendering settings and small-test defaults for the other settings;
+    conf/augment keys among ``kw`` override the rendering settings."""
+    from detector.data.dataset import YoloDataset
+    from detector.data.rendering import RENDERING_KEYS
 
     rendering = conf_rendering(**{k: kw.pop(k) for k in list(kw) if k in RENDERING_KEYS})
-    return YoloDataset(labelset, rendering=rendering, **kw)
+    defaults = dict(batch_size=16, hyp={}, augment=False, rect=False, stride=32, seed=0, epochs=300, close_mosaic=0,
+                    cache=None, workers=2)  # fmt: skip
+    return YoloDataset(labelset, rendering=rendering, **(defaults | kw))

@@ -100,8 +100,8 @@ def test_label_wh_long_side_is_imgsz():
         np.zeros((0, 5), np.float32),
         np.array([[2, 0.5, 0.5, 0.1, 0.2]], np.float32),
     ]
-    shapes = np.array([[1280, 640], [500, 500], [300, 600]])  # (w, h)
-    wh = label_wh(labels, shapes, 640)
+    sizes_wh = np.array([[1280, 640], [500, 500], [300, 600]])
+    wh = label_wh(labels, sizes_wh, 640)
     np.testing.assert_allclose(wh, [[320, 80], [640, 320], [32, 128]])
     assert wh.dtype == np.float32
 
@@ -111,8 +111,8 @@ def test_label_wh_per_image_jitter():
         np.array([[0, 0.5, 0.5, 0.5, 0.5], [0, 0.5, 0.5, 0.25, 0.25]]),
         np.array([[0, 0.5, 0.5, 0.5, 0.5]]),
     ]
-    shapes = np.array([[640, 640], [640, 640]])
-    wh = label_wh(labels, shapes, 640, rng=np.random.default_rng(3))
+    sizes_wh = np.array([[640, 640], [640, 640]])
+    wh = label_wh(labels, sizes_wh, 640, rng=np.random.default_rng(3))
     s = np.random.default_rng(3).uniform(0.9, 1.1, size=(2, 1))
     np.testing.assert_allclose(wh, [[320 * s[0, 0]] * 2, [160 * s[0, 0]] * 2, [320 * s[1, 0]] * 2], rtol=1e-6)
 
@@ -126,7 +126,7 @@ def test_label_wh_drops_bad_rows_and_checks_lengths(caplog):
         wh = label_wh(labels, np.array([[640, 640], [0, 0]]), 640)
     np.testing.assert_allclose(wh, [[64, 128]])
     assert "dropped 2 of 3 labels" in caplog.text
-    with pytest.raises(ValueError, match="2 label arrays but 1 image shapes"):
+    with pytest.raises(ValueError, match="2 label arrays but 1 image sizes"):
         label_wh(labels, np.array([[640, 640]]), 640)
     assert label_wh([], np.zeros((0, 2)), 640).shape == (0, 2)
 

@@ -54,6 +54,11 @@ RECTS = [(0, 10, 12, 40, 30), (1, 60, 40, 90, 75), (2, 20, 50, 45, 70)]
 YOLOV5_BOXES = dict(wh_thr=2, ar_thr=100, area_thr=0.1, area_thr_segments=0.01)  # YOLOv5's box-candidate thresholds
 
 
+def warp_gains(degrees: float = 0.0, shear: float = 0.0, **kw: float) -> dict[str, float]:
+    """draw_warp's gains: hyp scratch-low's translate and scale, no perspective, the given degrees and shear."""
+    return dict(degrees=degrees, translate=0.1, scale=0.5, shear=shear, perspective=0.0) | kw
+
+
 def random_perspective(
     im: np.ndarray,
     targets: np.ndarray,
@@ -68,7 +73,7 @@ def random_perspective(
     is left as it is when the border is 0 and M is the identity.
     """
     rng = rng if rng is not None else np.random.default_rng()
-    warp = draw_warp(im.shape[:2], rng, border=border, **gains)
+    warp = draw_warp(im.shape[:2], rng, border=border, **warp_gains(**gains))
     if border[0] or border[1] or (warp.M != np.eye(3)).any():
         im = apply_warp(im, warp)
     return im, warp_targets(targets, (), warp, **YOLOV5_BOXES, pixel_centres=False)
@@ -273,7 +278,7 @@ def test_mosaic_built_only_where_the_warp_reads_gives_identical_pixels():
         images.append((im, np.array([[i, 0.5, 0.5, 0.4, 0.4]], np.float32), []))
     areas = []
     for seed in range(8):
-        warp = draw_warp((128, 128), np.random.default_rng(seed), 10, 0.1, 0.5, 2, 0.0, (-32, -32))
+        warp = draw_warp((128, 128), np.random.default_rng(seed), **warp_gains(10, 2), border=(-32, -32))
         full, labels_full, _ = mosaic4(lambda i: images[i], 0, 5, 64, np.random.default_rng(seed + 50))
         roi = source_roi(warp, (128, 128))
         part, labels_part, _ = mosaic4(lambda i: images[i], 0, 5, 64, np.random.default_rng(seed + 50), roi)
@@ -314,7 +319,7 @@ def test_mosaic4_warped_matches_the_two_step_mosaic(s):
     tiles = _flat_tiles(6, s // 3, 3 * s)  # up- and down-sampled tiles, some shrunk more than 2x
     info = [(long_side_size(*im.shape[:2], s), lab, segs) for im, lab, segs in tiles]
     for seed in range(40):
-        warp = draw_warp((2 * s, 2 * s), np.random.default_rng(seed), 0, 0.1, 0.5, 0, 0, (-(s // 2), -(s // 2)))
+        warp = draw_warp((2 * s, 2 * s), np.random.default_rng(seed), **warp_gains(0, 0), border=(-(s // 2), -(s // 2)))
         assert warp.axis_aligned
         canvas, labels, _ = mosaic4(lambda i: (resize_long_side(tiles[i][0], s, True), *tiles[i][1:]), 0, 6, s,
                                     np.random.default_rng(seed + 9))  # fmt: skip
@@ -327,7 +332,7 @@ def test_mosaic4_warped_matches_the_two_step_mosaic(s):
         assert np.abs(labels2[:, 1:] - labels[:, 1:]).max() <= 0.5 / warp.scale + 1e-4
         differs = np.abs(out.astype(int) - ref.astype(int)).max(-1) > 2
         assert not (differs & ~_edge_band(ref)).any()  # tiles land on the same pixels, edges within 1 px
-    rotated = draw_warp((2 * s, 2 * s), np.random.default_rng(0), 10, 0.1, 0.5, 0, 0, (-(s // 2), -(s // 2)))
+    rotated = draw_warp((2 * s, 2 * s), np.random.default_rng(0), **warp_gains(10, 0), border=(-(s // 2), -(s // 2)))
     with pytest.raises(ValueError, match="rotation"):
         mosaic4_warped(
             info.__getitem__, lambda i, zoom: (tiles[i][0], i, None), 0, 6, s, np.random.default_rng(0), rotated
@@ -340,7 +345,7 @@ def test_mosaic4_warped_decodes_only_tiles_it_shows_at_the_size_it_needs():
     info = [((s, s), lab, segs) for _, lab, segs in tiles]
     zooms, skipped = [], 0
     for seed in range(60):
-        warp = draw_warp((2 * s, 2 * s), np.random.default_rng(seed), 0, 0.1, 0.5, 0, 0, (-(s // 2), -(s // 2)))
+        warp = draw_warp((2 * s, 2 * s), np.random.default_rng(seed), **warp_gains(0, 0), border=(-(s // 2), -(s // 2)))
         calls = []
 
         def load(i, zoom, calls=calls):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from detector.callbacks.autoanchor import AutoAnchor
+from tests.helpers import conf_callback
 
 DEFAULT_PX = torch.tensor(
     [[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]], [[116, 90], [156, 198], [373, 326]]],
@@ -46,10 +46,10 @@ class Module(L.LightningModule):
 
 
 class LabelledDataset(Dataset):
-    """Holds YOLO labels and (w, h) shapes like YoloDataset; items are dummy inputs."""
+    """Holds YOLO labels and (w, h) sizes like YoloDataset; items are dummy inputs."""
 
-    def __init__(self, labels, shapes):
-        self.labels, self.shapes = labels, np.asarray(shapes)
+    def __init__(self, labels, sizes_wh):
+        self.labels, self.sizes_wh = labels, np.asarray(sizes_wh)
 
     def __len__(self):
         return 4
@@ -109,7 +109,7 @@ def anchors_px(module):
 
 
 def test_callback_replaces_anchors_and_checkpoint_has_them(tmp_path, caplog):
-    cb = AutoAnchor(thr=4.0, imgsz=640, gen=50)
+    cb = conf_callback("autoanchor", thr=4.0, imgsz=640, gen=50)
     module = Module()
     t = trainer(cb, tmp_path=tmp_path)
     with caplog.at_level(logging.INFO, logger="detector.callbacks.autoanchor"):
@@ -128,7 +128,7 @@ def test_callback_replaces_anchors_and_checkpoint_has_them(tmp_path, caplog):
 
 
 def test_callback_keeps_fitting_anchors(caplog):
-    cb = AutoAnchor(thr=4.0, imgsz=640, gen=50)
+    cb = conf_callback("autoanchor", thr=4.0, imgsz=640, gen=50)
     module = Module()
     with caplog.at_level(logging.INFO, logger="detector.callbacks.autoanchor"):
         trainer(cb).fit(module, datamodule=DataModule(fitting_dataset()))
@@ -139,7 +139,7 @@ def test_callback_keeps_fitting_anchors(caplog):
 
 def test_callback_disabled_and_resume_keep_anchors(tmp_path, caplog):
     module = Module()
-    cb = AutoAnchor(thr=4.0, imgsz=640, enabled=False)
+    cb = conf_callback("autoanchor", thr=4.0, imgsz=640, enabled=False)
     t = trainer(cb, tmp_path=tmp_path)
     t.fit(module, datamodule=DataModule(elongated_dataset()))
     assert cb.result is None
@@ -147,7 +147,7 @@ def test_callback_disabled_and_resume_keep_anchors(tmp_path, caplog):
     path = tmp_path / "last.ckpt"
     t.save_checkpoint(path)
 
-    module2, cb2 = Module(), AutoAnchor(thr=4.0, imgsz=640, gen=50)
+    module2, cb2 = Module(), conf_callback("autoanchor", thr=4.0, imgsz=640, gen=50)
     with caplog.at_level(logging.INFO, logger="detector.callbacks.autoanchor"):
         trainer(cb2, max_epochs=2, tmp_path=tmp_path).fit(
             module2, datamodule=DataModule(elongated_dataset()), ckpt_path=path
@@ -160,14 +160,14 @@ def test_callback_force_replaces_placeholders():
     module = Module()
     placeholders = torch.arange(6, dtype=torch.float32).reshape(3, 2).repeat(3, 1, 1)
     module.model.detect.anchors.copy_(placeholders / STRIDE.view(-1, 1, 1))
-    cb = AutoAnchor(thr=4.0, imgsz=640, force=True, gen=50)
+    cb = conf_callback("autoanchor", thr=4.0, imgsz=640, force=True, gen=50)
     trainer(cb).fit(module, datamodule=DataModule(fitting_dataset()))
     assert cb.result.replaced and cb.result.new_bpr > 0.98
     assert torch.isfinite(module.model.detect.anchors).all() and (module.model.detect.anchors > 0).all()
 
 
 def test_callback_without_datamodule_uses_train_dataloader():
-    module, cb = Module(), AutoAnchor(thr=4.0, imgsz=640, gen=50)
+    module, cb = Module(), conf_callback("autoanchor", thr=4.0, imgsz=640, gen=50)
     trainer(cb).fit(module, train_dataloaders=DataLoader(elongated_dataset(), batch_size=2))
     assert cb.result is not None and cb.result.replaced
     torch.testing.assert_close(anchors_px(module), torch.as_tensor(cb.result.anchors), rtol=1e-5, atol=1e-4)
@@ -181,7 +181,7 @@ def test_callback_without_datamodule_uses_train_dataloader():
     ],
 )
 def test_callback_never_stops_training(dataset, caplog):
-    module, cb = Module(), AutoAnchor(thr=4.0, imgsz=640, gen=10)
+    module, cb = Module(), conf_callback("autoanchor", thr=4.0, imgsz=640, gen=10)
     t = trainer(cb)
     with caplog.at_level(logging.INFO, logger="detector.callbacks.autoanchor"):
         t.fit(module, datamodule=DataModule(dataset))

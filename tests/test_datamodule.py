@@ -11,7 +11,6 @@ import torch
 import yaml
 
 from detector import CONF_DIR
-from detector.callbacks.dataset_plots import DatasetPlots
 from detector.data.config import load_data_config
 from detector.data.datamodule import DetectorDataModule
 from detector.data.multiscale import multi_scale, random_size
@@ -19,7 +18,7 @@ from detector.data.sampler import EpochSampler
 from detector.plots.batches import plot_images
 from detector.plots.labels import plot_labels
 from detector.train import build_datamodule
-from tests.helpers import compose_train
+from tests.helpers import compose_train, conf_callback
 
 CONF = Path(CONF_DIR)
 
@@ -68,16 +67,16 @@ def test_datamodule_builds_loaders_with_the_right_shapes(data_yaml, tmp_path):
     assert (data_yaml.parent / "labels" / "train.detector.cache").is_file()
     train = dm.train_dataloader()
     assert isinstance(train.sampler, EpochSampler) and train.sampler.shuffle and train.batch_size == 4
-    imgs, targets, paths, shapes = next(iter(train))
+    imgs, targets, paths, infos = next(iter(train))
     assert imgs.shape == (4, 3, 64, 64) and imgs.dtype == torch.uint8
     assert targets.shape[1] == 6 and len(targets) > 0 and set(targets[:, 0].tolist()) <= {0, 1, 2, 3}
-    assert len(paths) == 4 and all(s is None for s in shapes)  # scratch-low: mosaic always
+    assert len(paths) == 4 and all(s is None for s in infos)  # scratch-low: mosaic always
     val = dm.val_dataloader()
     assert val.batch_size == 6 and not val.sampler.shuffle  # 2 x 4, capped at the 6 val images
-    vimgs, vtargets, _, vshapes = next(iter(val))
+    vimgs, vtargets, _, vinfos = next(iter(val))
     assert vimgs.shape[0] == 6 and vimgs.shape[2] % 32 == 0 and vimgs.shape[3] % 32 == 0
     assert max(vimgs.shape[2:]) == 96  # long side 64 -> ceil(64 / 32 + 0.5) * 32
-    assert all(s is not None for s in vshapes)
+    assert all(s is not None for s in vinfos)
 
 
 def test_datamodule_epoch_reaches_samples_and_single_cls(data_yaml, tmp_path):
@@ -87,17 +86,17 @@ def test_datamodule_epoch_reaches_samples_and_single_cls(data_yaml, tmp_path):
     assert all((lb[:, 0] == 0).all() for lb in dm.train_dataset.labels)
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(2)  # the last epoch: mosaic closed
-    _, _, _, shapes = next(iter(loader))
-    assert all(s is not None for s in shapes)
+    _, _, _, infos = next(iter(loader))
+    assert all(s is not None for s in infos)
 
 
 def test_datamodule_rect_training_turns_shuffle_off(data_yaml, tmp_path):
     dm = make_dm(data_yaml, tmp_path, rect=True)
     dm.setup("fit")
     loader = dm.train_dataloader()
-    assert not loader.sampler.shuffle and not dm.train_dataset.mosaic
+    assert not loader.sampler.shuffle and not dm.train_dataset.recipe.mosaic
     imgs, *_ = next(iter(loader))
-    assert tuple(imgs.shape[2:]) == tuple(dm.train_dataset.batch_shapes[0])
+    assert tuple(imgs.shape[2:]) == tuple(dm.train_dataset.batch_hw[0])
 
 
 def test_datamodule_disk_cache_goes_beside_the_labels(data_yaml, tmp_path):
@@ -190,7 +189,7 @@ def test_dataset_plots_callback_saves_labels_and_first_batches(data_yaml, tmp_pa
         enable_progress_bar=False,
         enable_model_summary=False,
         use_distributed_sampler=False,
-        callbacks=[DatasetPlots(tmp_path / "run")],
+        callbacks=[conf_callback("dataset_plots", save_dir=tmp_path / "run")],
     )
     trainer.fit(_Tiny(), datamodule=dm)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())

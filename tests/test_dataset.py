@@ -1,4 +1,4 @@
-"""YoloDataset: sample pipeline end to end, determinism, close-mosaic, rect shapes, caching, bad images."""
+"""YoloDataset: sample pipeline end to end, determinism, close-mosaic, rect batches, caching, bad images."""
 
 import logging
 from pathlib import Path
@@ -11,7 +11,8 @@ import torch
 
 from detector.boxes import scale_boxes, xywhn2xyxy
 from detector.data import image_cache
-from detector.data.dataset import YoloDataset, rect_batch_shapes
+from detector.data.dataset import YoloDataset, rect_batch_hw
+from detector.data.rendering import render_letterboxed
 from detector.data.sampler import EpochSampler
 from tests.helpers import PALETTE, make_dataset
 
@@ -25,7 +26,7 @@ def make_labelset(root: Path, n: int = 8, seed: int = 0, polygons: bool = False)
     """PNG images (64-160 px) with 1-2 coloured rectangles each, as a LabelSet-like object."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
-    files, labels, shapes, segments = [], [], [], []
+    files, labels, sizes_wh, segments = [], [], [], []
     for i in range(n):
         h, w = int(rng.integers(64, 161)), int(rng.integers(64, 161))
         im = np.full((h, w, 3), 114, np.uint8)
@@ -42,9 +43,9 @@ def make_labelset(root: Path, n: int = 8, seed: int = 0, polygons: bool = False)
         cv2.imwrite(str(f), im)
         files.append(str(f))
         labels.append(np.array(rows, np.float32))
-        shapes.append((w, h))
+        sizes_wh.append((w, h))
         segments.append(segs if polygons else [])
-    return SimpleNamespace(im_files=files, labels=labels, shapes=np.array(shapes), segments=segments)
+    return SimpleNamespace(im_files=files, labels=labels, sizes_wh=np.array(sizes_wh), segments=segments)
 
 
 def pixel_labels(img: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +80,8 @@ def test_mosaic_sample_keeps_boxes_on_pixels(labelset, degrees, one_pass):
     ds = make_dataset(labelset, imgsz=96, hyp=hyp, augment=True, one_pass=one_pass)
     n_boxes = 0
     for index in range(len(ds)):
-        img, labels, path, shapes = ds[(index, 0)]
-        assert img.shape == (3, 96, 96) and img.dtype == torch.uint8 and shapes is None
+        img, labels, path, info = ds[(index, 0)]
+        assert img.shape == (3, 96, 96) and img.dtype == torch.uint8 and info is None
         assert path == labelset.im_files[index]
         im, px = pixel_labels(img, labels)
         big = px[(px[:, 3] - px[:, 1] > 4) & (px[:, 4] - px[:, 2] > 4)]  # thin slivers are all edge
@@ -96,10 +97,17 @@ def test_letterbox_sample_keeps_boxes_on_pixels_with_warp(labelset, degrees, one
     hyp = HYP0 | dict(degrees=degrees, shear=3.0 if degrees else 0.0, scale=0.3, translate=0.1)
     ds = make_dataset(labelset, imgsz=128, hyp=hyp, augment=True, one_pass=one_pass)
     for index in range(len(ds)):
-        img, labels, _, shapes = ds[index]
-        assert img.shape == (3, 128, 128) and shapes is not None
+        img, labels, _, info = ds[index]
+        assert img.shape == (3, 128, 128) and info is not None
         im, px = pixel_labels(img, labels)
         assert_on_pixels(im, px[(px[:, 3] - px[:, 1] > 4) & (px[:, 4] - px[:, 2] > 4)], tol=2.5)
+
+
+def letterboxed(ds, index):
+    """Sample ``index`` letterboxed to imgsz and warped by the draws of generator ``index``, without the rest of
+    the recipe."""
+    warp = ds.recipe.warp_for((ds.imgsz, ds.imgsz), np.random.default_rng(index))
+    return render_letterboxed(ds.source, ds.recipe.rendering, index, ds.imgsz, warp)
 
 
 @pytest.mark.parametrize("pixel_centres", [False, True])
@@ -113,8 +121,9 @@ def test_one_pass_letterbox_matches_letterbox_then_warp(labelset, pixel_centres)
     ds = make_dataset(labelset, one_pass=True, **kw)
     two_step = make_dataset(labelset, one_pass=False, **kw)
     for index in range(len(ds)):
-        j, fast, labels, _ = ds._letterboxed(index, np.random.default_rng(index))
-        warp = draw_warp((96, 96), np.random.default_rng(index), 0.0, 0.1, 0.5, 0.0, 0.0)
+        j, fast, labels, _ = letterboxed(ds, index)
+        gains = {k: hyp[k] for k in ("degrees", "translate", "scale", "shear", "perspective")}
+        warp = draw_warp((96, 96), np.random.default_rng(index), **gains)
         assert warp.axis_aligned
         im, _, (h, w) = ds.images.load(index)
         ref, ratio, pad = letterbox(im, 96)
@@ -124,7 +133,7 @@ def test_one_pass_letterbox_matches_letterbox_then_warp(labelset, pixel_centres)
         ref = to_bgr(apply_warp(ref, warp))
         ref_labels = ds.labels[index].copy()
         ref_labels[:, 1:] = xywhn2xyxy(ref_labels[:, 1:], ratio[0] * w, ratio[1] * h, *pad)
-        ref_labels = warp_targets(ref_labels, (), warp, **ds.box_args)
+        ref_labels = warp_targets(ref_labels, (), warp, **ds.recipe.rendering.box_args)
         assert j == index and fast.shape == ref.shape == (96, 96, 3)
         np.testing.assert_allclose(labels, ref_labels, atol=0.5)  # labels follow the pixels, < half a pixel
         # Flat colours: pixels differ only next to colour edges (blurred once instead of twice when upsampled).
@@ -134,7 +143,7 @@ def test_one_pass_letterbox_matches_letterbox_then_warp(labelset, pixel_centres)
         near_edge = cv2.dilate(edge, np.ones((5, 5), np.uint8)).astype(bool)  # within 2 px
         differs = np.abs(fast.astype(int) - ref.astype(int)).max(-1) > 2
         assert not (differs & ~near_edge).any() and differs.mean() < 0.1
-        _, exact, exact_labels, _ = two_step._letterboxed(index, np.random.default_rng(index))
+        _, exact, exact_labels, _ = letterboxed(two_step, index)
         np.testing.assert_array_equal(exact, ref)  # one_pass=False: YOLOv5's letterbox then warp, to the bit
         np.testing.assert_array_equal(exact_labels, ref_labels)
 
@@ -200,38 +209,38 @@ def test_close_mosaic_switches_off_from_epochs_minus_n(labelset):
     assert not make_dataset(labelset, imgsz=64, hyp=HYP0 | dict(mosaic=1.0), augment=True, rect=True).mosaic_active(0)
 
 
-def test_rect_batch_shapes_formula(labelset):
+def test_rect_batch_hw_formula(labelset):
     wh = np.array([[100, 50], [100, 60], [50, 100], [40, 100], [100, 100]], float)  # sorted by h/w below
     ds = make_dataset(SimpleNamespace(im_files=[f"x{i}.jpg" for i in range(5)], labels=[np.zeros((0, 5))] * 5,
-                                     shapes=wh, segments=None),
+                                     sizes_wh=wh, segments=None),
                      imgsz=64, batch_size=2, rect=True, pad=0.5, reader=lambda p, reduce: None)  # fmt: skip
     ar = np.sort(wh[:, 1] / wh[:, 0])  # 0.5, 0.6, 1, 2, 2.5
     expected = np.array([[ar[1], 1], [1, 1], [1, 1 / ar[4]]])  # landscape, mixed, portrait
-    np.testing.assert_array_equal(ds.batch_shapes, np.ceil(expected * 64 / 32 + 0.5).astype(int) * 32)
-    np.testing.assert_array_equal(ds.batch_shapes, [[64, 96], [96, 96], [96, 64]])
+    np.testing.assert_array_equal(ds.batch_hw, np.ceil(expected * 64 / 32 + 0.5).astype(int) * 32)
+    np.testing.assert_array_equal(ds.batch_hw, [[64, 96], [96, 96], [96, 64]])
     assert [Path(f).stem for f in ds.im_files] == ["x0", "x1", "x4", "x2", "x3"]
-    np.testing.assert_array_equal(rect_batch_shapes(np.array([[64, 32]]), 1, 64, 32, 0.0), [[32, 64]])
+    np.testing.assert_array_equal(rect_batch_hw(np.array([[64, 32]]), 1, 64, 32, 0.0), [[32, 64]])
 
 
-def test_val_shapes_map_labels_back_to_original_pixels(labelset):
+def test_val_letterbox_info_maps_labels_back_to_original_pixels(labelset):
     ds = make_dataset(labelset, imgsz=96, batch_size=4, rect=True, pad=0.5, augment=False)
     batch = YoloDataset.collate_fn([ds[i] for i in range(4)])
-    imgs, targets, paths, shapes = batch
+    imgs, targets, paths, infos = batch
     assert imgs.shape[0] == 4 and (torch.tensor(imgs.shape[2:]) % 32 == 0).all()
     for i in range(4):
         t = targets[targets[:, 0] == i]
         boxes = xywhn2xyxy(t[:, 2:].clone(), imgs.shape[3], imgs.shape[2])
-        native = scale_boxes(imgs.shape[2:], boxes, shapes[i][0], shapes[i][1])
+        native = scale_boxes(imgs.shape[2:], boxes, infos[i][0], infos[i][1])
         j = labelset.im_files.index(paths[i])
-        w, h = labelset.shapes[j]
+        w, h = labelset.sizes_wh[j]
         expected = xywhn2xyxy(torch.from_numpy(labelset.labels[j][:, 1:]), w, h)
         torch.testing.assert_close(native, expected.float(), atol=1.0, rtol=0)
 
 
 def test_collate_writes_batch_index(labelset):
     ds = make_dataset(labelset, imgsz=64, hyp=HYP0, augment=True)
-    imgs, targets, paths, shapes = YoloDataset.collate_fn([ds[i] for i in range(4)])
-    assert imgs.shape == (4, 3, 64, 64) and imgs.dtype == torch.uint8 and len(paths) == len(shapes) == 4
+    imgs, targets, paths, infos = YoloDataset.collate_fn([ds[i] for i in range(4)])
+    assert imgs.shape == (4, 3, 64, 64) and imgs.dtype == torch.uint8 and len(paths) == len(infos) == 4
     counts = [len(labelset.labels[i]) for i in range(4)]
     assert targets[:, 0].tolist() == [float(i) for i, c in enumerate(counts) for _ in range(c)]
 
@@ -252,15 +261,15 @@ def test_mosaic_decodes_big_jpegs_reduced(tmp_path, monkeypatch):
     big = np.full((800, 1000, 3), 114, np.uint8)
     big[200:600, 250:750] = PALETTE[0]
     cv2.imwrite(str(tmp_path / "big.jpg"), big)
-    ls.im_files[0], ls.shapes[0] = str(tmp_path / "big.jpg"), (1000, 800)
+    ls.im_files[0], ls.sizes_wh[0] = str(tmp_path / "big.jpg"), (1000, 800)
     ls.labels[0] = np.array([[0, 0.5, 0.5, 0.5, 0.5]], np.float32)
     ds = make_dataset(ls, imgsz=64, hyp=HYP0 | dict(mosaic=1.0, translate=0.1, scale=0.5), augment=True, one_pass=True)
     seen = []
     decode = ds.images.decode
     monkeypatch.setattr(ds.images, "decode", lambda i, reduce=1: seen.append((i, reduce)) or decode(i, reduce))
-    img, j, _ = ds._load_tile(0, 1.0)
+    img, j, _ = ds.source.load_tile(0, 1.0)
     assert j == 0 and seen == [(0, 8)] and img.shape == (100, 125, 3)  # 1000 / 8 px still covers a 64 px tile
-    img, _, _ = ds._load_tile(0, 2.5)  # a 160 px tile needs 1/4
+    img, _, _ = ds.source.load_tile(0, 2.5)  # a 160 px tile needs 1/4
     assert seen[-1] == (0, 4) and img.shape == (200, 250, 3)
     for index in range(6):  # samples stay on their pixels with the reduced decode
         im, px = pixel_labels(*ds[(index % 2, index)][:2])

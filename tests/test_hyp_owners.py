@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from detector import CONF_DIR
-from detector.data.dataset import AUGMENT_HYP_KEYS
+from detector.data.recipe import AUGMENT_HYP_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "src" / "detector").rglob("*.py"), *(ROOT / "callbacks").rglob("*.py")])
@@ -20,7 +20,7 @@ OWNERS = {
         "src/detector/module.py",
     ),
     **dict.fromkeys(["box", "cls", "cls_pw", "obj", "obj_pw", "anchor_t", "fl_gamma"], "src/detector/loss.py"),
-    **dict.fromkeys(AUGMENT_HYP_KEYS, "src/detector/data/dataset.py"),  # hsv_*, degrees ... mosaic, mixup, copy_paste
+    **dict.fromkeys(AUGMENT_HYP_KEYS, "src/detector/data/recipe.py"),  # hsv_*, degrees ... mosaic, mixup, copy_paste
     "iou_t": None,  # unused by YOLOv5 v6+ too; kept so YOLOv5 hyp files load
 }
 # The same word as a torch param-group key, a plot label, the model yaml's key or the Detect buffer; and the check

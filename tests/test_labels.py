@@ -112,9 +112,9 @@ def test_each_bad_input_kind_is_reported_and_good_files_survive(bad_ds: Path) ->
         0,
         5,
     )
-    assert ls.shapes.dtype.kind == "i" and ls.shapes.shape == (8, 2)
-    assert tuple(ls.shapes[by_name["rot.jpg"]]) == (20, 40)  # stored 40x20, EXIF orientation 6 -> w/h swapped
-    assert tuple(ls.shapes[by_name["good2.png"]]) == (40, 30)
+    assert ls.sizes_wh.dtype.kind == "i" and ls.sizes_wh.shape == (8, 2)
+    assert tuple(ls.sizes_wh[by_name["rot.jpg"]]) == (20, 40)  # stored 40x20, EXIF orientation 6 -> w/h swapped
+    assert tuple(ls.sizes_wh[by_name["good2.png"]]) == (40, 30)
     # polygon row: box from its min/max, segment kept
     np.testing.assert_allclose(ls.labels[by_name["good2.png"]], [[2, 0.3, 0.35, 0.4, 0.5]], atol=1e-6)
     assert len(ls.segments[by_name["good2.png"]]) == 1 and ls.segments[by_name["good2.png"]][0].shape == (
@@ -211,7 +211,7 @@ def test_cache_reused_and_invalidated(bad_ds: Path, scans: list[int]) -> None:
     assert scans == [15]  # reused
     assert second.im_files == first.im_files and second.report.to_dict() == first.report.to_dict()
     assert all(np.array_equal(x, y) for x, y in zip(first.labels, second.labels, strict=True))
-    np.testing.assert_array_equal(first.shapes, second.shapes)
+    np.testing.assert_array_equal(first.sizes_wh, second.sizes_wh)
 
     # an edit that keeps the file size (a later mtime, as any real edit has)
     lb = bad_ds / "labels" / "good1.txt"

@@ -45,7 +45,7 @@ def textured_jpegs(root: Path) -> SimpleNamespace:
         cv2.imwrite(str(f), im, [cv2.IMWRITE_JPEG_QUALITY, 95])
         files.append(str(f))
         labels.append(np.array([[0, (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]], np.float32))
-    return SimpleNamespace(im_files=files, labels=labels, shapes=np.array(sizes), segments=[[] for _ in files])
+    return SimpleNamespace(im_files=files, labels=labels, sizes_wh=np.array(sizes), segments=[[] for _ in files])
 
 
 def _crossing(profile: np.ndarray, lo: float, hi: float) -> float | None:
@@ -135,6 +135,6 @@ def test_removing_the_landing_offset_correction_is_seen(jpegs, monkeypatch):
         return 0.0, 0.0
 
     monkeypatch.setattr("detector.data.mosaic.draw_tile", uncorrected)
-    monkeypatch.setattr("detector.data.dataset.draw_tile", uncorrected)
+    monkeypatch.setattr("detector.data.rendering.draw_tile", uncorrected)
     results = [measure(jpegs, mosaic, one_pass=True) for mosaic in (0.0, 1.0)]
     assert all(r["mean_abs"] > 0.2 for r in results), results  # measured 0.26 on both paths, 0.08 corrected

@@ -23,7 +23,7 @@ _METRIC_CHUNK = 65536  # labels scored per block by the exact metric, bounds mem
 
 def label_wh(
     labels: Sequence[np.ndarray],
-    shapes: np.ndarray,
+    sizes_wh: np.ndarray,
     imgsz: int,
     rng: np.random.Generator | None = None,
     scale_jitter: tuple[float, float] = (0.9, 1.1),
@@ -31,21 +31,21 @@ def label_wh(
 ) -> np.ndarray:
     """Label sizes in pixels, ``(N, 2)`` float32, for images resized so that their long side is ``imgsz``.
 
-    ``labels``: one ``(n, 5)`` ``[cls, x, y, w, h]`` normalised array per image; ``shapes``: ``(n_img, 2)``
+    ``labels``: one ``(n, 5)`` ``[cls, x, y, w, h]`` normalised array per image; ``sizes_wh``: ``(n_img, 2)``
     as (w, h).
     With ``rng``, each image is also scaled by one ``U(*scale_jitter)`` draw (YOLOv5's check_anchors).
     Rows with non-finite or negative sizes and images with a non-positive shape, are dropped (logged if warn).
     """
-    shapes = np.asarray(shapes, dtype=np.float64).reshape(-1, 2)
-    if len(labels) != len(shapes):
-        raise ValueError(f"label_wh: {len(labels)} label arrays but {len(shapes)} image shapes")
-    if len(shapes) == 0:
+    sizes_wh = np.asarray(sizes_wh, dtype=np.float64).reshape(-1, 2)
+    if len(labels) != len(sizes_wh):
+        raise ValueError(f"label_wh: {len(labels)} label arrays but {len(sizes_wh)} image sizes")
+    if len(sizes_wh) == 0:
         return np.zeros((0, 2), np.float32)
-    long_side = shapes.max(1, keepdims=True)
+    long_side = sizes_wh.max(1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        scale = shapes * (imgsz / long_side)  # (w, h) of each resized image
+        scale = sizes_wh * (imgsz / long_side)  # (w, h) of each resized image
     if rng is not None:
-        scale = scale * rng.uniform(scale_jitter[0], scale_jitter[1], size=(len(shapes), 1))
+        scale = scale * rng.uniform(scale_jitter[0], scale_jitter[1], size=(len(sizes_wh), 1))
     arrays = [_as_label_array(lb) for lb in labels]
     counts = np.array([len(a) for a in arrays], dtype=np.int64)
     if counts.sum() == 0:

@@ -83,7 +83,8 @@ def scale_boxes(
 ) -> Array:
     """Map corner boxes from a letterboxed image of shape img1 (h, w) back to the original img0 (h, w), in place.
 
-    ``ratio_pad`` is ``((rh, rw), (padw, padh))`` as the dataset records it; if None it is recomputed from the shapes.
+    ``ratio_pad`` is ``((rh, rw), (padw, padh))`` as the dataset records it (LetterboxInfo's second part); if None
+    it is recomputed from the two image sizes.
     """
     if ratio_pad is None:
         gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])

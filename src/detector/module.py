@@ -179,7 +179,7 @@ class DetectorModule(L.LightningModule):
         self._val_batches = 0
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        imgs, targets, _paths, shapes = batch
+        imgs, targets, _paths, infos = batch
         imgs = (imgs.float() / 255).to(self.dtype)
         height, width = imgs.shape[2:]
         decoded, raw = self.model(imgs)
@@ -199,10 +199,10 @@ class DetectorModule(L.LightningModule):
             lab = targets[targets[:, 0] == i, 1:]
             boxes = xywh2xyxy(lab[:, 1:5]) * scale
             det = det.clone()
-            if shapes is not None and shapes[i] is not None:
+            if infos is not None and infos[i] is not None:
                 # Compare in the image's native pixels, as YOLOv5 does.
-                scale_boxes((height, width), det[:, :4], shapes[i][0], shapes[i][1])
-                scale_boxes((height, width), boxes, shapes[i][0], shapes[i][1])
+                scale_boxes((height, width), det[:, :4], infos[i][0], infos[i][1])
+                scale_boxes((height, width), boxes, infos[i][0], infos[i][1])
             preds.append(det.cpu())
             labels.append(torch.cat([lab[:, :1], boxes], 1).cpu())
         self.evaluator.update(preds, labels)

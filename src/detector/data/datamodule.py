@@ -146,7 +146,9 @@ class DetectorDataModule(L.LightningDataModule):
                       epochs=self.epochs, names=self.names, workers=self.workers, cache=self.cache,
                       cache_dir=self._npy_cache_dir(labels))  # fmt: skip
         if not augment:
-            return YoloDataset(labels, batch_size=batch, augment=False, rect=True, pad=self.val_pad, **common)
+            return YoloDataset(
+                labels, batch_size=batch, augment=False, rect=True, pad=self.val_pad, close_mosaic=0, **common
+            )
         return YoloDataset(
             labels,
             batch_size=batch,  # rect groups span one batch of every rank (see EpochSampler)

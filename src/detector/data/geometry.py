@@ -87,11 +87,12 @@ class Warp:
 def draw_warp(
     shape: tuple[int, int],
     rng: np.random.Generator,
-    degrees: float = 0.0,
-    translate: float = 0.1,
-    scale: float = 0.5,
-    shear: float = 0.0,
-    perspective: float = 0.0,
+    *,
+    degrees: float,
+    translate: float,
+    scale: float,
+    shear: float,
+    perspective: float,
     border: tuple[int, int] = (0, 0),
 ) -> Warp:
     """YOLOv5's random matrix M = T S R P C for a source of ``shape`` (h, w) and an output of that size plus

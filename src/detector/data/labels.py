@@ -30,7 +30,7 @@ from detector.data.report import INFO_KINDS, KINDS, DatasetReport
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "detector-labels-1"
+CACHE_VERSION = "detector-labels-2"
 CACHE_SUFFIX = ".detector.cache"
 MIN_IMAGE_SIDE = 10  # YOLOv5 asserts both sides > 9 px
 MAX_LOGGED_FILES = 10  # per-file messages logged; the rest are in the report
@@ -43,7 +43,7 @@ class LabelSet:
     im_files: list[str]
     label_files: list[str]
     labels: list[np.ndarray]  # (n, 5) float32 [cls, x, y, w, h], normalised
-    shapes: np.ndarray  # (N, 2) int (w, h) after EXIF orientation
+    sizes_wh: np.ndarray  # (N, 2) int original (w, h) after EXIF orientation
     segments: list[list[np.ndarray]]  # per image: polygons (k, 2) normalised; empty for box-only files
     report: DatasetReport
 
@@ -55,7 +55,7 @@ class ImageCheck(NamedTuple):
     label_file: str
     status: str  # found | missing | empty | corrupt
     labels: np.ndarray
-    shape: tuple[int, int]
+    size_wh: tuple[int, int]  # original (w, h) after EXIF orientation
     segments: list[np.ndarray]
     notes: list[tuple[str, str, int]]  # (report kind, detail, items)
 
@@ -80,12 +80,12 @@ def verify_image_label(im_file: str, label_file: str, nc: int | None = None, rep
     """Check one image and its label file; never raises for bad input (status 'corrupt' instead)."""
     notes: list[tuple[str, str, int]] = []
     try:
-        shape = _check_image(im_file, repair_jpeg, notes)
+        size_wh = _check_image(im_file, repair_jpeg, notes)
         labels, segments, status = _read_labels(label_file, nc, notes)
     except _Drop as d:
         notes.append((d.kind, d.detail, 0))
         return ImageCheck(im_file, label_file, "corrupt", np.zeros((0, 5), np.float32), (0, 0), [], notes)
-    return ImageCheck(im_file, label_file, status, labels, shape, segments, notes)
+    return ImageCheck(im_file, label_file, status, labels, size_wh, segments, notes)
 
 
 def _check_image(im_file: str, repair_jpeg: bool, notes: list) -> tuple[int, int]:
@@ -100,7 +100,7 @@ def _check_image(im_file: str, repair_jpeg: bool, notes: list) -> tuple[int, int
             im.verify()
         with Image.open(im_file) as im:  # verify() leaves the image unusable, and must come first
             fmt = (im.format or "").lower()
-            shape = exif_size(im)
+            size_wh = exif_size(im)
             orientation = exif_orientation(im)
     except UnidentifiedImageError as e:
         raise _Drop("not_image", "not an image (unrecognised content)") from e
@@ -109,17 +109,17 @@ def _check_image(im_file: str, repair_jpeg: bool, notes: list) -> tuple[int, int
     suffix = os.path.splitext(im_file)[1][1:].lower()
     if fmt not in IMG_FORMATS and not (fmt == "ppm" and suffix == "pfm"):
         raise _Drop("bad_format", f"image format '{fmt}' not supported (allowed: {', '.join(IMG_FORMATS)})")
-    if min(shape) < MIN_IMAGE_SIDE:
-        raise _Drop("too_small", f"image size {shape[0]}x{shape[1]} px, both sides must be >= {MIN_IMAGE_SIDE}")
+    if min(size_wh) < MIN_IMAGE_SIDE:
+        raise _Drop("too_small", f"image size {size_wh[0]}x{size_wh[1]} px, both sides must be >= {MIN_IMAGE_SIDE}")
     if orientation in SWAPPING_ORIENTATIONS:
-        notes.append(("exif_rotated", f"EXIF orientation {orientation}: size taken as {shape[0]}x{shape[1]}", 0))
+        notes.append(("exif_rotated", f"EXIF orientation {orientation}: size taken as {size_wh[0]}x{size_wh[1]}", 0))
     if fmt == "jpeg" and _jpeg_truncated(im_file):
         if repair_jpeg:
             _repair_jpeg(im_file)
             notes.append(("jpeg_repaired", "truncated JPEG (no end marker) re-saved in place", 0))
         else:
             notes.append(("jpeg_truncated", "truncated JPEG (no end marker) kept unchanged", 0))
-    return shape
+    return size_wh
 
 
 def _jpeg_truncated(im_file: str) -> bool:
@@ -269,7 +269,7 @@ def _save_cache(cache_path: Path, cache: dict) -> None:
 
 def _build(im_files, label_files, nc, repair_jpeg, workers, source) -> dict:
     report = DatasetReport(source=source)
-    kept: dict[str, list] = {"im_files": [], "label_files": [], "labels": [], "shapes": [], "segments": []}
+    kept: dict[str, list] = {"im_files": [], "label_files": [], "labels": [], "sizes_wh": [], "segments": []}
     for r in _scan(im_files, label_files, nc, repair_jpeg, workers):
         report.total += 1
         for kind, detail, items in r.notes:
@@ -281,9 +281,9 @@ def _build(im_files, label_files, nc, repair_jpeg, workers, source) -> dict:
         kept["im_files"].append(r.im_file)
         kept["label_files"].append(r.label_file)
         kept["labels"].append(r.labels)
-        kept["shapes"].append(r.shape)
+        kept["sizes_wh"].append(r.size_wh)
         kept["segments"].append(r.segments)
-    kept["shapes"] = np.array(kept["shapes"], dtype=np.int64).reshape(-1, 2)
+    kept["sizes_wh"] = np.array(kept["sizes_wh"], dtype=np.int64).reshape(-1, 2)
     kept["report"] = report.to_dict()
     return kept
 
@@ -328,7 +328,7 @@ def load_labels(
         im_files=list(cache["im_files"]),
         label_files=list(cache["label_files"]),
         labels=labels,
-        shapes=np.asarray(cache["shapes"]).copy(),
+        sizes_wh=np.asarray(cache["sizes_wh"]).copy(),
         segments=cache["segments"],
         report=report,
     )
