@@ -69,3 +69,26 @@ def make_dataset(labelset: Any, **kw: Any) -> Any:
     defaults = dict(batch_size=16, hyp={}, augment=False, rect=False, stride=32, seed=0, epochs=300, close_mosaic=0,
                     cache=None, workers=2)  # fmt: skip
     return YoloDataset(labelset, rendering=rendering, **(defaults | kw))
+
+
+class Fp16Probe(Callback):
+    """Writes to ``path`` (json), at the first batch a fit trains, whether every floating-point tensor of the model
+    and its anchors are exactly representable in float16."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.path.exists():
+            return
+        import json
+
+        import torch
+
+        def exact(t: torch.Tensor) -> bool:
+            return bool(torch.equal(t, t.half().to(t.dtype)))
+
+        tensors = [t for t in (*pl_module.model.parameters(), *pl_module.model.buffers()) if t.is_floating_point()]
+        result = {"all": all(exact(t) for t in tensors), "anchors": exact(pl_module.model.detect.anchors)}
+        self.path.write_text(json.dumps(result))
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -38,8 +39,15 @@ def tiny_cfg(data, run_dir, *extra):
     )
 
 
+PROBE = ("+callbacks.probe._target_=tests.helpers.Fp16Probe",)
+
+
+def probe(run_dir) -> dict:
+    return json.loads((run_dir / "fp16.json").read_text())
+
+
 def test_one_epoch_run_writes_results_and_checkpoints(tiny_data, tmp_path):
-    fitness = run(tiny_cfg(tiny_data, tmp_path, "epochs=1"))
+    fitness = run(tiny_cfg(tiny_data, tmp_path, "epochs=1", *PROBE, f"+callbacks.probe.path={tmp_path / 'fp16.json'}"))
     assert math.isfinite(fitness)
     rows = read_results(tmp_path / "results.csv")
     assert len(rows) == 1 and list(rows[0]) == list(COLUMNS)
@@ -57,6 +65,8 @@ def test_one_epoch_run_writes_results_and_checkpoints(tiny_data, tmp_path):
     # AutoAnchor found the default anchors a poor fit for 64 px images and the checkpoint carries the new ones.
     anchors = state["model.model.24.anchors"]
     assert not torch.allclose(anchors[0], DEFAULT_P3_ANCHORS)
+    # A fresh fit trains from fp16-rounded weights and AutoAnchor's anchors (YOLOv5's model.half().float()).
+    assert probe(tmp_path) == {"all": True, "anchors": True}
 
 
 def schedule_of(cfg, nb: int) -> TrainingSchedule:
@@ -106,7 +116,9 @@ def test_resume_continues_schedule_and_step_rule(tiny_data, tmp_path):
     run(tiny_cfg(tiny_data, first, *common, *stop))
     ckpt = torch.load(first / "weights" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 0
-    run(tiny_cfg(tiny_data, second, *common, f"ckpt_path={first / 'weights' / 'last.ckpt'}"))
+    resume = (f"ckpt_path={first / 'weights' / 'last.ckpt'}", *PROBE, f"+callbacks.probe.path={second / 'fp16.json'}")
+    run(tiny_cfg(tiny_data, second, *common, *resume))
+    assert probe(second)["all"] is False  # a resumed fit keeps its trained weights as they are
     rows, ref = read_results(second / "results.csv"), read_results(whole / "results.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for r, w in zip(rows, ref[1:], strict=True):

@@ -121,6 +121,16 @@ class DetectorModule(L.LightningModule):
         # No LR scheduler: the schedule sets every group's lr before each batch (stateless, so resume is exact).
         return build_optimizer(self.model, self._choice.name, self._choice.lr, self._choice.momentum, decay)
 
+    def on_train_start(self) -> None:
+        """A fresh fit starts from fp16-rounded weights and anchors, as YOLOv5's train.py (model.half().float()
+        after AutoAnchor, whose callback hooks run before this one); a resumed fit keeps its checkpoint's."""
+        if self.trainer.ckpt_path:
+            return
+        with torch.no_grad():
+            for t in (*self.model.parameters(), *self.model.buffers()):
+                if t.is_floating_point():
+                    t.copy_(t.half())
+
     def on_train_epoch_start(self) -> None:
         self.optimizers().zero_grad()  # YOLOv5 drops gradients left over from the previous epoch
 

@@ -40,9 +40,11 @@ def available_ram() -> int | None:
 
 
 def long_side_size(h0: int, w0: int, imgsz: int) -> tuple[int, int]:
-    """(h, w) of an h0 x w0 image resized so that its long side is ``imgsz`` (short side rounded up)."""
+    """(h, w) of an h0 x w0 image resized so that its long side is ``imgsz``: ``ceil(side * r)``, r = imgsz / long
+    side, in floating point exactly as YOLOv5's load_image, so the long side is imgsz + 1 where ``long * r`` rounds
+    above imgsz (1.25 % of the built-in images at 160 px: clamping it moved their pixels and labels off YOLOv5's)."""
     r = imgsz / max(h0, w0)
-    return min(math.ceil(h0 * r), imgsz), min(math.ceil(w0 * r), imgsz)
+    return math.ceil(h0 * r), math.ceil(w0 * r)
 
 
 def resize_long_side(im: np.ndarray, imgsz: int, augment: bool) -> np.ndarray:
