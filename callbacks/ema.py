@@ -22,7 +22,7 @@ class YoloEmaAverage:
     seeded with the initial weights, 1 when AveragedModel's first update copied the model.
     """
 
-    def __init__(self, decay: float = 0.9999, tau: float = 2000.0, offset: int = 0) -> None:
+    def __init__(self, decay: float, tau: float, offset: int = 0) -> None:
         self.decay = decay
         self.tau = tau
         self.offset = offset

@@ -91,4 +91,3 @@ class Fp16Probe(Callback):
         tensors = [t for t in (*pl_module.model.parameters(), *pl_module.model.buffers()) if t.is_floating_point()]
         result = {"all": all(exact(t) for t in tensors), "anchors": exact(pl_module.model.detect.anchors)}
         self.path.write_text(json.dumps(result))
-

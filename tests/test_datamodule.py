@@ -128,10 +128,10 @@ def test_sampler_shuffles_per_epoch_and_pads_rect_with_last():
     assert sorted(first) == list(range(20)) and [i for i, _ in s] != first
     s.set_epoch(0)
     assert [i for i, _ in s] == first
-    tail = [list(EpochSampler(5, shuffle=False, rank=r, world_size=3)) for r in range(3)]
+    tail = [list(EpochSampler(5, shuffle=False, seed=0, rank=r, world_size=3)) for r in range(3)]
     assert [t[-1][0] for t in tail] == [3, 4, 4]
     with pytest.raises(ValueError):
-        EpochSampler(5, rank=2, world_size=2)
+        EpochSampler(5, shuffle=True, seed=0, rank=2, world_size=2)
 
 
 def test_multi_scale_sizes_and_dtype():

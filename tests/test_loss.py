@@ -83,7 +83,7 @@ def test_smooth_bce():
 
 def test_loss_finite_positive_and_shapes():
     model = tiny_model()
-    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64))
+    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64), 0.0)
     preds = model(torch.rand(2, 3, 64, 64))
     total, items = loss_fn(preds, TARGETS)
     assert total.dim() == 0 and items.shape == (3,)
@@ -97,7 +97,7 @@ def test_loss_finite_positive_and_shapes():
 
 def test_empty_targets():
     model = tiny_model()
-    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64))
+    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64), 0.0)
     total, items = loss_fn(model(torch.rand(2, 3, 64, 64)), torch.zeros(0, 6))
     assert items[0] == 0 and items[2] == 0 and items[1] > 0
     assert torch.isfinite(total)
@@ -164,7 +164,7 @@ def test_several_anchors_and_images():
 
 def test_loss_uses_current_anchors():
     model = tiny_model()
-    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64))
+    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64), 0.0)
     preds = model(torch.rand(1, 3, 64, 64))
     t = TARGETS[:2]
     assert sum(len(lt.b) for lt in loss_fn.build_targets(preds, t)) > 0
@@ -178,7 +178,7 @@ def test_loss_uses_current_anchors():
 def test_placeholder_anchors_never_match_zero_width_anchor():
     torch.manual_seed(0)
     model = DetectionModel(model_cfg(), nc=3, anchors=3)
-    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64))
+    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64), 0.0)
     preds = model(torch.rand(2, 3, 64, 64))
     assert all((lt.a != 0).all() for lt in loss_fn.build_targets(preds, TARGETS))  # anchor (0, 1) has w = 0
     _, items = loss_fn(preds, TARGETS)
@@ -235,7 +235,7 @@ def test_match_targets_equals_reference_loop():
 
 def test_perfect_prediction_gives_zero_box_loss_and_full_obj_target():
     model = tiny_model()
-    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64))
+    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64), 0.0)
     preds = [torch.zeros(1, 3, s, s, 8) for s in (8, 4, 2)]
     t = torch.tensor([[0, 2, 0.41, 0.58, 0.25, 0.20]])
     for p, lt in zip(preds, loss_fn.build_targets(preds, t), strict=True):
@@ -248,7 +248,7 @@ def test_perfect_prediction_gives_zero_box_loss_and_full_obj_target():
 
 def test_single_class_has_no_cls_loss():
     model = tiny_model(nc=1)
-    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 1, 64))
+    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 1, 64), 0.0)
     t = TARGETS.clone()
     t[:, 1] = 0
     _, items = loss_fn(model(torch.rand(2, 3, 64, 64)), t)
@@ -269,7 +269,7 @@ def test_label_smoothing_changes_cls_target():
     model = tiny_model()
     hyp = scale_loss_gains(HYP, 3, 3, 64)
     preds = [p.detach() for p in model(torch.rand(2, 3, 64, 64))]
-    plain = YoloLoss(model, hyp)
+    plain = YoloLoss(model, hyp, 0.0)
     smooth = YoloLoss(model, hyp, label_smoothing=0.2)
     assert (smooth.cp, smooth.cn) == pytest.approx((0.9, 0.1))
     _, items0 = plain(preds, TARGETS)
@@ -283,7 +283,7 @@ def test_label_smoothing_changes_cls_target():
 def test_pos_weight_and_balance_values():
     model = tiny_model()
     hyp = scale_loss_gains(dict(HYP, obj_pw=2.0), 3, 3, 64)
-    loss_fn = YoloLoss(model, hyp)
+    loss_fn = YoloLoss(model, hyp, 0.0)
     assert loss_fn.balance == [4.0, 1.0, 0.4]
     preds = [p.detach() for p in model(torch.rand(1, 3, 64, 64))]
     _, items = loss_fn(preds, torch.zeros(0, 6))  # no targets: every obj target is 0
@@ -307,8 +307,8 @@ def test_focal_loss_formula_and_use():
 
     model = tiny_model()
     preds = [p.detach() for p in model(torch.rand(2, 3, 64, 64))]
-    _, plain = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64))(preds, TARGETS)
-    focal_fn = YoloLoss(model, scale_loss_gains(dict(HYP, fl_gamma=1.5), 3, 3, 64))
+    _, plain = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64), 0.0)(preds, TARGETS)
+    focal_fn = YoloLoss(model, scale_loss_gains(dict(HYP, fl_gamma=1.5), 3, 3, 64), 0.0)
     assert isinstance(focal_fn.bce_obj, FocalLoss) and isinstance(focal_fn.bce_cls, FocalLoss)
     _, focal = focal_fn(preds, TARGETS)
     torch.testing.assert_close(plain[0], focal[0])
@@ -321,7 +321,7 @@ def test_last_write_wins_on_duplicate_cells():
 
 def test_class_out_of_range_message():
     model = tiny_model(nc=3)
-    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64))
+    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64), 0.0)
     bad = TARGETS.clone()
     bad[0, 1] = 3
     with pytest.raises(ValueError, match="target class 3 out of range"):
@@ -330,7 +330,7 @@ def test_class_out_of_range_message():
 
 def test_duplicate_target_obj_is_last_iou():
     model = tiny_model()
-    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64))
+    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64), 0.0)
     preds = [p.detach() for p in model(torch.rand(1, 3, 64, 64))]
     one = torch.tensor([[0, 0, 0.51, 0.52, 0.30, 0.30]])
     both = torch.tensor([[0, 0, 0.53, 0.54, 0.20, 0.40], [0, 0, 0.51, 0.52, 0.30, 0.30]])  # same cells
@@ -342,7 +342,7 @@ def test_duplicate_target_obj_is_last_iou():
 
 def test_loss_under_autocast():
     model = tiny_model()
-    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64))
+    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64), 0.0)
     x = torch.rand(2, 3, 64, 64)
     ref, _ = loss_fn(model(x), TARGETS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -356,7 +356,7 @@ def test_loss_under_autocast():
 
 def test_overfit_one_batch():
     model = tiny_model(nc=3, seed=0)
-    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64))
+    loss_fn = YoloLoss(model, scale_loss_gains(HYP, 3, 3, 64), 0.0)
     opt = torch.optim.Adam(model.parameters(), lr=0.002)
     torch.manual_seed(1)
     imgs = torch.rand(2, 3, 64, 64)

@@ -54,7 +54,7 @@ class BCEWithLogits(nn.Module):
 class FocalLoss(nn.Module):
     """Focal loss around a BCE-with-logits criterion: loss * alpha_t * (1 - p_t)^gamma, then mean."""
 
-    def __init__(self, bce: BCEWithLogits, gamma: float = 1.5, alpha: float = FOCAL_ALPHA):
+    def __init__(self, bce: BCEWithLogits, gamma: float, alpha: float = FOCAL_ALPHA):
         super().__init__()
         self.bce, self.gamma, self.alpha = bce, gamma, alpha
 
@@ -150,7 +150,7 @@ class YoloLoss:
     registering it twice.
     """
 
-    def __init__(self, model: nn.Module, hyp: Mapping, label_smoothing: float = 0.0):
+    def __init__(self, model: nn.Module, hyp: Mapping, label_smoothing: float):
         for key in ("box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t", "fl_gamma"):
             if key not in hyp:
                 raise KeyError(f"hyp is missing '{key}' needed by the loss")

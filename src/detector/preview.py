@@ -27,8 +27,9 @@ from detector.train import build_datamodule
 log = logging.getLogger(__name__)
 
 
-def preview(cfg: DictConfig, out_dir: Path, cwd: str, n_batches: int = 3) -> list[Path]:
-    """Build the data module from a composed config and save the pictures and reports into out_dir."""
+def preview(cfg: DictConfig, out_dir: Path, cwd: str) -> list[Path]:
+    """Build the data module from a composed config and save the pictures and reports into out_dir: labels.jpg and
+    as many train batches as the dataset_plots callback draws (none when it is off)."""
     cfg = prepare_config(cfg)
     cfg.run_dir = str(out_dir)  # the preview's folder takes the run folder's place (dataset reports go there)
     data = load_data_config(cfg.data, cfg.datasets_dir, cwd)
@@ -38,6 +39,8 @@ def preview(cfg: DictConfig, out_dir: Path, cwd: str, n_batches: int = 3) -> lis
     dm.setup("fit")
     labels = np.concatenate([lb.reshape(-1, 5) for lb in dm.train_dataset.labels], 0)
     paths = [plot_labels(labels, dm.names, out_dir)]
+    plots = cfg.callbacks.get("dataset_plots")
+    n_batches = int(plots.n_batches) if plots else 0
     for i, (imgs, targets, files, _) in enumerate(islice(dm.train_dataloader(), n_batches)):
         paths.append(plot_images(imgs, targets, files, dm.names, out_dir / f"train_batch{i}.jpg"))
     paths += sorted(out_dir.glob("dataset_*.txt"))
