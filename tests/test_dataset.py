@@ -338,3 +338,11 @@ def test_threaded_batch_fetch_matches_one_by_one(labelset):
         for item, (img, labels, path, _) in zip(items, batch, strict=True):
             one = ds[item]
             assert torch.equal(img, one[0]) and torch.equal(labels, one[1]) and path == one[2]
+
+
+def test_resized_size_is_yolov5s_floating_point_ceil():
+    # 160 / 147 * 147 is 160.00000000000003 in floating point: YOLOv5's load_image makes that side 161 px.
+    assert image_cache.long_side_size(147, 139, 160) == (161, 152)
+    assert image_cache.long_side_size(480, 640, 160) == (120, 160)
+    im = np.zeros((147, 139, 3), np.uint8)
+    assert image_cache.resize_long_side(im, 160, augment=True).shape == (161, 152, 3)
