@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,14 @@ def test_prepare_config_refuses_settings_with_two_owners(tmp_path, overrides, me
     with pytest.raises(ConfigError, match=message):
         prepare_config(compose_train([f"run_dir={tmp_path}", *overrides]))
     prepare_config(compose_train([f"run_dir={tmp_path}", "epochs=5", "trainer.max_epochs=5", "hyp.anchors=3"]))
+
+
+def test_dropping_a_recipe_callback_is_said(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="detector.run_config"):
+        prepare_config(compose_train([f"run_dir={tmp_path}"]))
+        assert not caplog.records
+        prepare_config(compose_train([f"run_dir={tmp_path}", "callbacks.ema=null"]))
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["callbacks.ema is off"]
 
 
 def test_resolve_ckpt_path(tmp_path):

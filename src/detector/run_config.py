@@ -15,6 +15,11 @@ from detector.optim import OPTIMIZER_CHOICES as OPTIMIZERS
 log = logging.getLogger(__name__)
 
 CACHES = (None, "ram", "disk")
+# Callbacks that are part of YOLOv5's recipe: dropping one is allowed but said (AutoAnchor has its own switch).
+RECIPE_CALLBACKS = {
+    "ema": "validation, best.ckpt and the final weights use the raw weights instead of their moving average",
+    "autoanchor": "the model keeps its configured anchors whatever the labels (autoanchor=false says so quietly)",
+}
 
 
 class ConfigError(ValueError):
@@ -97,6 +102,9 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
             "(autoanchor=false or callbacks.autoanchor=null): the model would train on placeholder anchors. "
             "Turn AutoAnchor on or set hyp.anchors=null"
         )
+    for name, effect in RECIPE_CALLBACKS.items():
+        if name not in callbacks or callbacks.get(name) is None:
+            log.warning("callbacks.%s is off: %s (YOLOv5's recipe always has it)", name, effect)
     with open_dict(cfg):
         if cfg.hyp_file:
             cfg.hyp = load_hyp_file(cfg.hyp_file, cfg.hyp)
