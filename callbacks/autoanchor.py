@@ -21,13 +21,13 @@ logger = logging.getLogger(__name__)
 
 
 class AutoAnchor(L.Callback):
-    """YOLOv5's check_anchors as a callback. Settings come from conf/callbacks (no defaults here).
+    """YOLOv5's check_anchors as a callback. Settings come from conf/callbacks (no defaults here). A model built
+    with placeholder anchors (``placeholder_anchors``, from hyp ``anchors``) always takes the new ones.
 
     Args:
         thr: anchor/label size ratio threshold (hyp ``anchor_t``).
         imgsz: training image size; labels are measured with the image long side at this size.
         enabled: False skips the check (``--noautoanchor``).
-        force: compute and take new anchors whatever the current BPR (hyp ``anchors`` placeholders).
         gen: generations of the genetic refinement.
         bpr_target: current anchors with a BPR above this are kept.
         seed: seed of the scale jitter, k-means and mutations (rank 0 only).
@@ -43,7 +43,6 @@ class AutoAnchor(L.Callback):
         thr: float,
         imgsz: int,
         enabled: bool,
-        force: bool | int | None,
         gen: int,
         bpr_target: float,
         seed: int,
@@ -55,7 +54,6 @@ class AutoAnchor(L.Callback):
         self.thr = float(thr)
         self.imgsz = int(imgsz)
         self.enabled = enabled
-        self.force = force
         self.gen = int(gen)
         self.bpr_target = float(bpr_target)
         self.seed = int(seed)
@@ -131,7 +129,7 @@ class AutoAnchor(L.Callback):
             self.thr,
             self.imgsz,
             wh_fit=wh_fit,
-            force=self.force,
+            force=bool(getattr(pl_module.model, "placeholder_anchors", False)),  # hyp.anchors: take new ones
             bpr_target=self.bpr_target,
             gen=self.gen,
             rng=rng,

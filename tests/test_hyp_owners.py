@@ -30,7 +30,7 @@ NOT_HYP = {("weight_decay", "src/detector/optim.py"), ("momentum", "src/detector
            ("anchors", "src/detector/models/detect.py"), ("anchors", "src/detector/models/yolo.py"),
            ("anchors", "src/detector/run_config.py")}  # fmt: skip
 # Where the config passes a hyp value to a callback (conf/callbacks/default.yaml), as YOLOv5 shares them.
-SHARED_WITH_AUTOANCHOR = {"anchor_t": "thr: ${hyp.anchor_t}", "anchors": "force: ${hyp.anchors}"}
+SHARED_WITH_AUTOANCHOR = {"anchor_t": "thr: ${hyp.anchor_t}"}
 
 
 def string_literals(path: Path) -> set[str]:

@@ -34,6 +34,7 @@ class DetectionModel(nn.Module):
             logger.info("Overriding model anchors with hyp anchors=%s per level (placeholders)", round(anchors))
             self.cfg["anchors"] = round(anchors)
         self.nc = nc
+        self.placeholder_anchors = bool(anchors)  # AutoAnchor must replace them (it reads this, not the hyp)
         built = build_layers(self.cfg, nc, ch)
         self.model = built.layers  # named "model" so state dict keys read model.<i>.<...> as in YOLOv5
         self.routes = built.routes
