@@ -107,7 +107,7 @@ def letterboxed(ds, index):
     """Sample ``index`` letterboxed to imgsz and warped by the draws of generator ``index``, without the rest of
     the recipe."""
     warp = ds.recipe.warp_for((ds.imgsz, ds.imgsz), np.random.default_rng(index))
-    return render_letterboxed(ds.source, ds.recipe.rendering, index, ds.imgsz, warp)
+    return render_letterboxed(ds.source, ds.recipe.rendering, index, (ds.imgsz, ds.imgsz), warp)
 
 
 @pytest.mark.parametrize("pixel_centres", [False, True])

@@ -103,7 +103,7 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
             "Turn AutoAnchor on or set hyp.anchors=null"
         )
     for name, effect in RECIPE_CALLBACKS.items():
-        if name not in callbacks or callbacks.get(name) is None:
+        if callbacks.get(name) is None:
             log.warning("callbacks.%s is off: %s (YOLOv5's recipe always has it)", name, effect)
     with open_dict(cfg):
         if cfg.hyp_file:

@@ -171,8 +171,8 @@ class YoloDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str, LetterboxInfo]:
         index, epoch = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), 0)
-        target = tuple(int(x) for x in self.batch_hw[self.batch_index[index]]) if self.rect else self.imgsz
-        index, img, labels, info = self.recipe(self.source, self.seed, epoch, index, target)
+        canvas = tuple(int(x) for x in self.batch_hw[self.batch_index[index]]) if self.rect else (self.imgsz,) * 2
+        index, img, labels, info = self.recipe(self.source, self.seed, epoch, index, canvas)
         labels_out = np.zeros((len(labels), 6), np.float32)
         labels_out[:, 1:] = labels
         return torch.from_numpy(to_chw_rgb(img)), torch.from_numpy(labels_out), self.im_files[index], info

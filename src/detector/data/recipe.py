@@ -69,11 +69,9 @@ class SampleRecipe:
         """Whether mosaic may run at this epoch: allowed, and before the last close_mosaic epochs."""
         return self.mosaic and not (self.close_mosaic > 0 and epoch >= self.epochs - self.close_mosaic)
 
-    def __call__(
-        self, source: ImageSource, seed: int, epoch: int, index: int, target: int | tuple[int, int]
-    ) -> Rendered:
+    def __call__(self, source: ImageSource, seed: int, epoch: int, index: int, canvas: tuple[int, int]) -> Rendered:
         """Sample ``index`` of ``epoch``: (index used, BGR image, (n, 5) ``[cls, x, y, w, h]`` normalised labels,
-        letterbox info). ``target`` is imgsz or the rect batch's (h, w)."""
+        letterbox info). ``canvas`` is (imgsz, imgsz) or the rect batch's (h, w)."""
         rng = np.random.default_rng([seed, epoch, index])
         hyp = self.hyp
         if self.mosaic_active(epoch) and rng.random() < hyp["mosaic"]:
@@ -83,9 +81,8 @@ class SampleRecipe:
                 img, labels = mixup(img, labels, img2, labels2, rng, self.rendering.mixup_beta)
             info = None
         else:
-            canvas = (target, target) if isinstance(target, int) else target
             warp = self.warp_for(canvas, rng) if self.augment else None
-            index, img, labels, info = render_letterboxed(source, self.rendering, index, target, warp)
+            index, img, labels, info = render_letterboxed(source, self.rendering, index, canvas, warp)
 
         if len(labels):
             labels[:, 1:5] = xyxy2xywhn(labels[:, 1:5], w=img.shape[1], h=img.shape[0], clip=True, eps=1e-3)

@@ -70,18 +70,17 @@ class Rendering:
 
 
 def render_letterboxed(
-    source: ImageSource, rendering: Rendering, index: int, target: int | tuple[int, int], warp: Warp | None
+    source: ImageSource, rendering: Rendering, index: int, canvas: tuple[int, int], warp: Warp | None
 ) -> Rendered:
-    """Image ``index`` letterboxed to ``target`` (imgsz, or a rect batch's (h, w)), then moved by ``warp``
+    """Image ``index`` letterboxed to ``canvas`` (h, w) (imgsz square, or a rect batch's), then moved by ``warp``
     (random_perspective's draws; None when not augmenting, which also forbids upscaling, as YOLOv5's val)."""
-    canvas = (target, target) if isinstance(target, int) else target
     moves = warp is not None and bool((warp.M != np.eye(3)).any())
     if warp is not None and rendering.one_pass_for(warp, needs_canvas=not moves):
         return _letterboxed_one_pass(source, rendering, index, canvas, warp)
     scaleup = warp is not None
     index, img, (h0, w0), (hh, ww) = source.load(index)
-    img, ratio, _ = letterbox(img, target, auto=False, scaleup=scaleup)
-    pad = rendering.label_pad(letterbox_geometry((hh, ww), target, scaleup=scaleup))
+    img, ratio, _ = letterbox(img, canvas, auto=False, scaleup=scaleup)
+    pad = rendering.label_pad(letterbox_geometry((hh, ww), canvas, scaleup=scaleup))
     labels = source.labels[index].copy()
     if len(labels):
         labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * ww, ratio[1] * hh, pad[0], pad[1])
