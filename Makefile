@@ -8,9 +8,12 @@ ARGS ?=
 
 .PHONY: train test test-all lint format bench clean
 
+# Hydra finds plugins (our evolve sweeper) by listing the hydra_plugins folders on sys.path, which an editable
+# install's import hook does not show: the .pth puts plugins/ on the path (a wheel install needs nothing).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'detector_hydra_plugins.pth').write_text('$(CURDIR)/plugins\n')"
 	touch $(STAMP)
 
 train: $(STAMP)  ## train on the built-in dataset with the CPU demo preset (overrides: make train ARGS="epochs=5")

@@ -3,10 +3,13 @@
     .venv/bin/python bench/dataloader.py     # built-in dataset, then 512 JPEGs of 240-480 px; 640/320, 0/2 workers
     .venv/bin/python bench/dataloader.py --data shapes      # the built-in dataset only (128-256 px images)
     .venv/bin/python bench/dataloader.py --data path/to/data.yaml --imgsz 640 --workers 4 --batches 50
+    PYTHONPATH=src bench/.venv-yolov5/bin/python bench/dataloader.py --trainer yolov5   # YOLOv5 7.0's loader
 
 ``bench`` is 512 generated JPEGs of 240-480 px per side (made once in the datasets folder), the image set the
 issue names for YOLOv5 7.0's loader. Uses hyp scratch-low and conf/augment/default.yaml; one warm-up batch, then
 times a fixed number of batches. Compare with another loader only on the same machine in the same session.
+``--trainer yolov5`` times YOLOv5 7.0's ``create_dataloader`` (same hyp, images, batch and workers) in its bench
+environment (bench/yolov5_env.sh); ``--one-pass``/``--no-one-pass`` override conf's path for ours.
 """
 
 from __future__ import annotations
@@ -18,22 +21,39 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
 from detector import CONF_DIR
-from detector.data.albumentations_extras import AlbumentationsExtras
-from detector.data.config import img2label_paths, list_image_files, load_data_config
-from detector.data.datamodule import init_loader_worker
-from detector.data.dataset import YoloDataset
-from detector.data.labels import default_cache_path, load_labels
-from detector.data.sampler import EpochSampler
 from detector.data.shapes import CLASSES, render_sample
 
 CONF = Path(CONF_DIR)
 
 
-def measure(dataset: YoloDataset, batch: int, workers: int, batches: int, seed: int = 0) -> float:
-    """Images per second over `batches` batches after one warm-up batch."""
+def time_batches(loader, batches: int, restart) -> float:
+    """Images per second over ``batches`` batches of ``loader`` after one warm-up batch; ``restart(epoch)``
+    gives the next epoch's iterator when one ends."""
+    n, epoch, seen = 0, 0, 0
+    it = iter(loader)
+    next(it)  # warm-up (starts the workers)
+    t0 = time.perf_counter()
+    while n < batches:
+        try:
+            seen += len(next(it)[0])
+        except StopIteration:
+            epoch += 1
+            it = restart(epoch)
+            continue
+        n += 1
+    return seen / (time.perf_counter() - t0)
+
+
+def measure(dataset, batch: int, workers: int, batches: int, seed: int = 0) -> float:
+    """Images per second of our loader over ``batches`` batches after one warm-up batch."""
+    from torch.utils.data import DataLoader
+
+    from detector.data.datamodule import init_loader_worker
+    from detector.data.dataset import YoloDataset
+    from detector.data.sampler import EpochSampler
+
     loader = DataLoader(
         dataset,
         batch_size=batch,
@@ -43,22 +63,22 @@ def measure(dataset: YoloDataset, batch: int, workers: int, batches: int, seed: 
         persistent_workers=workers > 0,
         worker_init_fn=init_loader_worker if workers > 0 else None,
     )
-    n, epoch = 0, 0
-    it = iter(loader)
-    next(it)  # warm-up (starts the workers)
-    t0 = time.perf_counter()
-    while n < batches:
-        try:
-            imgs = next(it)[0]
-        except StopIteration:
-            epoch += 1
-            loader.sampler.set_epoch(epoch)
-            it = iter(loader)
-            continue
-        n += 1
-    dt = time.perf_counter() - t0
-    del it, loader
-    return batches * batch / dt if imgs is not None else 0.0
+
+    def restart(epoch: int):
+        loader.sampler.set_epoch(epoch)
+        return iter(loader)
+
+    return time_batches(loader, batches, restart)
+
+
+def measure_yolov5(path: str, imgsz: int, hyp: dict, batch: int, workers: int, batches: int) -> float:
+    """Images per second of YOLOv5 7.0's training loader (its bench environment) over ``batches`` batches."""
+    import cv2
+    from yolov5.utils.dataloaders import create_dataloader
+
+    cv2.setNumThreads(0)  # as YOLOv5's train.py does on import (utils/general.py)
+    loader, _ = create_dataloader(path, imgsz, batch, 32, hyp=hyp, augment=True, workers=workers, shuffle=True)
+    return time_batches(loader, batches, lambda _: iter(loader))  # InfiniteDataLoader never ends
 
 
 def bench_dataset(root: Path, n: int = 512, long_side: tuple[int, int] = (240, 480)) -> Path:
@@ -93,6 +113,8 @@ def main() -> None:
     ap.add_argument("--hyp", default=str(CONF / "hyp" / "scratch-low.yaml"))
     ap.add_argument("--augment", default=str(CONF / "augment" / "default.yaml"))
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--trainer", choices=["detector", "yolov5"], default="detector")
+    ap.add_argument("--one-pass", action=argparse.BooleanOptionalAction, default=None, help="ours: augment.one_pass")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -104,11 +126,31 @@ def run(spec: str, args: argparse.Namespace) -> None:
     """Print the throughput for one dataset at every imgsz and worker count asked for."""
     if spec == "bench":
         spec = str(bench_dataset(Path(args.datasets_dir).expanduser() / "bench-240-480"))
+    elif spec == "shapes":
+        from detector.data.shapes import ensure_shapes_dataset
+
+        spec = str(ensure_shapes_dataset(Path(args.datasets_dir).expanduser() / "shapes"))
+    hyp = yaml.safe_load(Path(args.hyp).read_text())
+    if args.trainer == "yolov5":
+        data = yaml.safe_load(Path(spec).read_text())
+        train = str(Path(data.get("path", Path(spec).parent)) / data["train"])
+        print(f"data: {spec}, YOLOv5 7.0 create_dataloader, batch {args.batch_size}, torch threads {args.threads}")
+        for imgsz in args.imgsz:
+            for workers in args.workers:
+                ips = measure_yolov5(train, imgsz, hyp, args.batch_size, workers, args.batches)
+                print(f"imgsz {imgsz:4d}  workers {workers}: {ips:7.1f} img/s", flush=True)
+        return
+    from detector.data.albumentations_extras import AlbumentationsExtras
+    from detector.data.config import img2label_paths, list_image_files, load_data_config
+    from detector.data.dataset import YoloDataset
+    from detector.data.labels import default_cache_path, load_labels
+
     data = load_data_config(spec, args.datasets_dir, os.getcwd())
     im_files = list_image_files(data.train)
     labels = load_labels(im_files, default_cache_path(data.train, img2label_paths(im_files[:1])), nc=data.nc)
-    hyp = yaml.safe_load(Path(args.hyp).read_text())
     aug = yaml.safe_load(Path(args.augment).read_text())
+    if args.one_pass is not None:
+        aug["one_pass"] = args.one_pass
     extras = AlbumentationsExtras(aug.get("albumentations"))
     print(f"data: {data.yaml_file} ({len(labels.im_files)} train images), batch {args.batch_size}, "
           f"torch threads {args.threads}, one_pass {aug['one_pass']}, extras: {extras}")  # fmt: skip

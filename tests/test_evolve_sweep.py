@@ -1,0 +1,143 @@
+"""Evolution end to end through `python -m detector.train -m`: tiny children (1 epoch, 64 px), real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from detector.data.shapes import ensure_shapes_dataset
+from detector.evolve import history
+from detector.evolve.genetic import GeneticSettings, child, fitness
+from detector.evolve.space import SearchSpace, base_values
+from tests.helpers import compose_train
+
+TIMEOUT = 900
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return ensure_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n_train=16, n_val=8)
+
+
+def command(data: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "detector.train", "-m", f"data={data}", "epochs=1", "imgsz=64", "batch_size=8",
+            "workers=0", "trainer=cpu", "logger=csv", "callbacks.autoanchor.gen=50", *args]  # fmt: skip
+
+
+def train_m(cwd: Path, data: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run(command(data, *args), cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def evolve_args(sweep: Path, generations: int, population: int, *extra: str) -> list[str]:
+    return ["hydra/sweeper=evolve", f"hydra.sweeper.generations={generations}",
+            f"hydra.sweeper.population={population}", f"hydra.sweeper.sweep_dir={sweep}", "hydra.sweeper.seed=3",
+            *extra]  # fmt: skip
+
+
+SETTINGS = GeneticSettings(parent="single", top_n=5, mutation_prob=0.8, sigma=0.2, factor_min=0.3, factor_max=3.0,
+                           fitness_weights=(0.0, 0.0, 0.1, 0.9))  # fmt: skip
+
+
+def test_tiny_evolution_writes_yolov5s_csv_continues_and_replays(tiny_data, tmp_path):
+    sweep = tmp_path / "sweep"
+    train_m(tmp_path, tiny_data, *evolve_args(sweep, 1, 2))
+    keys, values = history.read_csv(sweep / "evolve.csv")
+    assert len(values) == 2
+    out = train_m(tmp_path, tiny_data, *evolve_args(sweep, 3, 2))  # the same command, more generations: continues
+    keys, values = history.read_csv(sweep / "evolve.csv")
+    space = SearchSpace.load("yolov5")
+    base = base_values(dict(compose_train().hyp), space)
+    assert keys == [*history.RESULT_KEYS, *base]  # YOLOv5's columns: 7 results, then every hyp key, anchors last
+    assert (sweep / "evolve.csv").read_text().splitlines()[0] == ",".join(f"{k:>20s}" for k in keys)
+    assert len(values) == 6 and sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [str(i) for i in range(6)]
+    genes = values[:, [keys.index(k) for k in space.keys]]
+    base_vec = np.array([base[k] for k in space.keys])
+    assert np.allclose(genes[0], base_vec)  # the first child trains the base hyp
+    assert (genes >= space.lower).all() and (genes <= space.upper).all()
+    fixed = space.gains == 0
+    assert np.allclose(genes[:, fixed], base_vec[fixed])
+    assert (~np.isclose(genes[1:], base_vec)).any(1).all()  # every later child differs somewhere
+    assert (values[:, 4] > 0).all()  # every child validated (its val box loss is there)
+    fit = fitness(values, SETTINGS.fitness_weights)
+    best = yaml.safe_load((sweep / "hyp_evolve.yaml").read_text())
+    assert list(best) == keys[7:]
+    assert np.allclose(list(best.values()), values[int(np.argmax(fit)), 7:])
+    assert (sweep / "evolve.png").stat().st_size > 0
+    assert "python -m detector.train hyp_file=" in out.stdout + out.stderr
+    # Replay: each recorded draw follows from the seed, its draw number and the rows it saw.
+    draws = [d for d in history.read_draws(sweep / "evolve_draws.jsonl") if "hyp" in d]
+    assert [d["draw"] for d in draws] == list(range(6))
+    for d in draws:
+        seen = genes[: d["rows"]]
+        if not len(seen):
+            seen, seen_fit = (None, None) if d["draw"] in (0,) else (base_vec[None], np.ones(1))
+        else:
+            seen_fit = fit[: d["rows"]]
+        vec, _ = child(seen, seen_fit, base_vec, space, SETTINGS, np.random.default_rng([3, d["draw"]]))
+        assert np.allclose(vec, [d["hyp"][k] for k in space.keys])
+    # A child trained with its hyp: the job's own config has the drawn values.
+    job = yaml.safe_load((sweep / "5" / "config.yaml").read_text())
+    assert job["hyp"]["lr0"] == pytest.approx(draws[5]["hyp"]["lr0"]) and job["hyp_file"] is None
+    assert job["trainer"]["check_val_every_n_epoch"] == 1 and job["callbacks"]["checkpoint"] is None
+    # A different evolution in the same folder is refused, naming what differs.
+    refused = train_m(tmp_path, tiny_data, *evolve_args(sweep, 3, 2), "imgsz=96", check=False)
+    assert refused.returncode != 0 and "imgsz=96" in refused.stderr
+
+
+def test_a_killed_sweep_continues_without_losing_or_repeating_a_child(tiny_data, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = command(tiny_data, *evolve_args(sweep, 2, 1))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + TIMEOUT
+    while not (sweep / "1").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before its second child started"
+    os.kill(proc.pid, signal.SIGKILL)  # in the middle of child 1
+    proc.wait()
+    time.sleep(3)
+    orphans = subprocess.run(["pgrep", "-f", f"hydra.run.dir={sweep}/1"], capture_output=True, text=True)
+    assert orphans.stdout.strip() == "", "the running child outlived its sweep"
+    assert len(history.read_csv(sweep / "evolve.csv")[1]) == 1
+    train_m(tmp_path, tiny_data, *evolve_args(sweep, 2, 1))
+    _, values = history.read_csv(sweep / "evolve.csv")
+    assert len(values) == 2  # child 1 was drawn again (as draw 2), child 0 not repeated
+    draws = [d["draw"] for d in history.read_draws(sweep / "evolve_draws.jsonl") if "hyp" in d]
+    assert draws == [0, 1, 2]
+
+
+def test_joblib_launcher_runs_two_children_at_once(tiny_data, tmp_path):
+    sweep = tmp_path / "sweep"
+    train_m(tmp_path, tiny_data, *evolve_args(sweep, 1, 2), "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    a, b = (json.loads((sweep / str(i) / "results.json").read_text()) for i in range(2))
+    assert a["started"] < b["finished"] and b["started"] < a["finished"]  # the two trainings overlapped
+    assert len(history.read_csv(sweep / "evolve.csv")[1]) == 2
+
+
+@pytest.mark.parametrize("sweeper", ["basic", "evolve"])
+def test_a_two_process_ddp_trial_inside_a_sweep_runs_once(tiny_data, tmp_path, sweeper):
+    ddp = ["trainer.devices=2", "trainer.strategy=ddp", "name=ddp"]
+    args = evolve_args(tmp_path / "sweep", 1, 1) if sweeper == "evolve" else ["seed=0,1"]
+    train_m(tmp_path, tiny_data, *args, *ddp)
+    if sweeper == "evolve":
+        folders = [tmp_path / "sweep"]
+        assert len(history.read_csv(tmp_path / "sweep" / "evolve.csv")[1]) == 1
+    else:
+        folders = list((tmp_path / "outputs" / "ddp" / "multirun").iterdir())
+        assert len(folders) == 1, "the sweep started twice (Lightning #11300)"
+    jobs = sorted(p.name for p in folders[0].iterdir() if p.is_dir())
+    assert jobs == (["0"] if sweeper == "evolve" else ["0", "1"])
+    for job in jobs:
+        result = json.loads((folders[0] / job / "results.json").read_text())
+        assert result["fitness"] >= 0 and result["final"]["metrics/mAP_0.5"] >= 0
