@@ -99,7 +99,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> float:
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     if in_multirun():  # every -m job trains as its own process (detector/evolve/trial.py says why)
-        return run_in_child(cfg.trial_timeout)
+        return run_in_child(cfg.trainer, cfg.trial_timeout, cfg.trial_preload)
     return run(cfg)
 
 

@@ -5,6 +5,12 @@ call would share the sweep's process (a crash, a leak or a hung loader takes the
 ``trainer.devices>1``, Lightning's DDP launcher would re-execute the whole ``-m`` command on every rank, starting
 the sweep again per rank (Lightning issue #11300). So the job starts a child in single-run mode with the job's
 overrides and folder, in its own session (its DDP ranks with it), and returns the fitness the child wrote.
+
+A fresh Python spends ~8 s importing torch, torchvision and Lightning (2 CPU cores), which YOLOv5's in-process
+``--evolve`` pays once. With ``trial_preload`` a single-process child is forked from a forkserver that imported
+``detector.train`` once per sweep process (multiprocessing's forkserver: the server is a fresh interpreter, so
+nothing of the sweep's state leaks into the child); DDP children (several devices or nodes) always start fresh,
+since Lightning re-executes their command line for the other ranks.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -27,6 +34,7 @@ from hydra.types import RunMode
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "results.json"  # what a run leaves for its sweep: final metrics, fitness, or the error
+PID_FILE = "trial.pid"  # the job's training process (the leader of its process group)
 # Hydra overrides the child must not see: it runs one job in single-run mode in the job's folder.
 SWEEP_ONLY = ("hydra/sweeper", "hydra.sweeper", "hydra/launcher", "hydra.launcher", "hydra.sweep", "hydra.run",
               "hydra.mode", "hydra.job.num", "hydra.job.id")  # fmt: skip
@@ -55,53 +63,136 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def child_command(hc: Any) -> list[str]:
-    """The single-run command of this multirun job: same config source and overrides, the job's folder."""
-    cmd = [sys.executable, "-m", "detector.train", f"--config-name={hc.job.config_name}"]
+def child_args(hc: Any) -> list[str]:
+    """The arguments of this multirun job as a single run: same config source and overrides, the job's folder."""
+    args = [f"--config-name={hc.job.config_name}"]
     for source in hc.runtime.config_sources:
         if source.schema != "file":
             continue
         if source.provider == "main":
-            cmd.append(f"--config-path={source.path}")
+            args.append(f"--config-path={source.path}")
         elif source.provider == "command-line":
-            cmd.append(f"--config-dir={source.path}")
-    cmd += [o for o in hc.overrides.hydra if not o.lstrip("+~").startswith(SWEEP_ONLY)]
-    cmd += list(hc.overrides.task)
-    return [*cmd, f"hydra.run.dir={hc.runtime.output_dir}"]
+            args.append(f"--config-dir={source.path}")
+    args += [o for o in hc.overrides.hydra if not o.lstrip("+~").startswith(SWEEP_ONLY)]
+    args += list(hc.overrides.task)
+    return [*args, f"hydra.run.dir={hc.runtime.output_dir}"]
 
 
-def run_in_child(timeout_s: float | None = None) -> float:
+def single_process(trainer: Mapping[str, Any]) -> bool:
+    """Whether a Trainer config runs one process (no DDP ranks to launch): one device on one node."""
+    devices, strategy = trainer.get("devices"), str(trainer.get("strategy", "auto"))
+    one = devices == 1 or (isinstance(devices, (list, tuple)) and len(devices) == 1) or devices in ("1", [1])
+    return one and int(trainer.get("num_nodes", 1)) == 1 and "ddp" not in strategy
+
+
+def run_in_child(trainer: Mapping[str, Any], timeout_s: float | None, preload: bool) -> float:
     """Run this multirun job as its own process; returns the fitness it reports, raises TrialFailed."""
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     (out / RESULT_FILE).unlink(missing_ok=True)
-    cmd = child_command(hc)
-    log.info("job %s: %s", hc.job.num, " ".join(cmd[1:]))
-    proc = subprocess.Popen(cmd, cwd=hc.runtime.cwd, preexec_fn=_own_session, stderr=subprocess.PIPE)
-    tail = _forward(proc.stderr)
+    args = child_args(hc)
+    warm = preload and single_process(trainer)
+    log.info("job %s (%s process): python -m detector.train %s", hc.job.num, "preloaded" if warm else "new",
+             " ".join(args))  # fmt: skip
+    child = _Preloaded(args, hc.runtime.cwd) if warm else _Fresh(args, hc.runtime.cwd)
+    (out / PID_FILE).write_text(f"{child.proc.pid}\n")
     try:
-        rc = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired as e:
-        _kill(proc)
-        raise TrialFailed(f"job {hc.job.num} ran past its timeout of {timeout_s} s and was killed; log in {out}") from e
+        rc = child.wait(timeout_s)
     except BaseException:  # Ctrl-C or the sweep being stopped: take the child's whole process group along
-        _kill(proc)
+        child.kill()
         raise
-    finally:
-        tail.join(timeout=5)
+    if rc is None:
+        child.kill()
+        raise TrialFailed(f"job {hc.job.num} ran past its timeout of {timeout_s} s and was killed; log in {out}")
     result = read_result(out) or {}
     if rc != 0 or "fitness" not in result:
         how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-        error = result.get("error") or (tail.text.strip().splitlines() or ["no output"])[-1]
+        error = result.get("error") or child.last_line() or "no error message"
         raise TrialFailed(f"job {hc.job.num} {how}: {error} (log in {out})")
     return float(result["fitness"])
+
+
+class _Fresh:
+    """``python -m detector.train ARGS`` in its own session; its stderr is copied through and its tail kept."""
+
+    def __init__(self, args: list[str], cwd: str) -> None:
+        cmd = [sys.executable, "-m", "detector.train", *args]
+        self.proc = subprocess.Popen(cmd, cwd=cwd, preexec_fn=_own_session, stderr=subprocess.PIPE)
+        self.tail = _Tail(self.proc.stderr)
+        self.tail.start()
+
+    def wait(self, timeout_s: float | None) -> int | None:
+        try:
+            rc = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        self.tail.join(timeout=5)
+        return rc
+
+    def kill(self) -> None:
+        _kill_group(self.proc.pid, lambda t: _waited(self.proc, t))
+
+    def last_line(self) -> str:
+        return (self.tail.text.strip().splitlines() or [""])[-1]
+
+
+class _Preloaded:
+    """The same run forked from the preloaded forkserver (its output goes straight to the sweep's console)."""
+
+    def __init__(self, args: list[str], cwd: str) -> None:
+        self.proc = _forkserver().Process(target=_preloaded_main, args=(args, cwd), daemon=False)
+        self.proc.start()
+
+    def wait(self, timeout_s: float | None) -> int | None:
+        self.proc.join(timeout_s)
+        return self.proc.exitcode
+
+    def kill(self) -> None:
+        _kill_group(self.proc.pid, lambda t: self.proc.join(t) or self.proc.exitcode is not None)
+
+    def last_line(self) -> str:
+        return ""
+
+
+def _forkserver() -> Any:
+    """This process's forkserver context, preloading detector.train (started on first use). Inside a joblib
+    worker the process's start method is loky's, which the child must be able to name: its module is preloaded."""
+    ctx = multiprocessing.get_context("forkserver")
+    current = type(multiprocessing.get_context()).__module__
+    context_module = [current] if current != "multiprocessing.context" else []
+    ctx.set_forkserver_preload([*context_module, "detector.evolve.preload"])
+    return ctx
+
+
+def _preloaded_main(args: list[str], cwd: str) -> None:
+    """In the forked child: a single run of ``python -m detector.train ARGS`` (Hydra reads sys.argv)."""
+    _own_session()
+    multiprocessing.set_start_method(None, force=True)  # the platform default again, as in a new python
+    os.chdir(cwd)
+    sys.argv = ["detector.train", *args]
+    from detector.train import main
+
+    code = 0
+    try:
+        main()
+    except SystemExit as e:  # Hydra exits 1 after reporting an error
+        code = e.code if isinstance(e.code, int) else 1
+    sys.exit(code)  # multiprocessing runs its finalizers, then os._exit: no interpreter teardown (seconds with torch)
+
+
+def _waited(proc: subprocess.Popen, timeout: float) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 class _Tail(threading.Thread):
     """Copies a stream to our stderr as it comes and keeps its last 4 kB (the child's error message)."""
 
     def __init__(self, stream: Any) -> None:
-        super().__init__(daemon=True)
+        super().__init__(daemon=True)  # started by the caller
         self.stream, self.text = stream, ""
 
     def run(self) -> None:
@@ -112,29 +203,20 @@ class _Tail(threading.Thread):
             self.text = (self.text + text)[-4096:]
 
 
-def _forward(stream: Any) -> _Tail:
-    t = _Tail(stream)
-    t.start()
-    return t
-
-
 def _own_session() -> None:
-    """In the child before exec: its own session (so its DDP ranks can be signalled as a group) and, on Linux,
-    SIGTERM when the sweep process dies, even by SIGKILL (PR_SET_PDEATHSIG), so no trial outlives its sweep."""
+    """In the child: its own session (so its DDP ranks can be signalled as a group) and, on Linux, SIGTERM when
+    its parent dies, even by SIGKILL (PR_SET_PDEATHSIG), so no trial outlives its sweep."""
     os.setsid()
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill_group(pid: int, wait) -> None:
     """SIGTERM to the child's process group, SIGKILL after 10 s."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    for sig, seconds in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(pid, sig)
         except ProcessLookupError:
             return
-        try:
-            proc.wait(timeout=wait)
+        if wait(seconds):
             return
-        except subprocess.TimeoutExpired:
-            continue
