@@ -88,7 +88,7 @@ def test_children_stay_inside_their_limits_and_fixed_genes_keep_the_parent():
     base = np.array([base_values(dict(compose_train().hyp), space)[k] for k in space.keys])
     assert np.array_equal(child(None, None, base, space, SETTINGS, np.random.default_rng(0))[0], constrain(base, space))
     genes, fit = base[None], np.ones(1)
-    for n in range(300):
+    for n in range(150):
         vec, rows = child(genes, fit, base, space, SETTINGS, np.random.default_rng([7, n]))
         assert rows == [0]
         assert (vec >= space.lower).all() and (vec <= space.upper).all()

@@ -134,7 +134,7 @@ def test_joblib_launcher_runs_two_children_at_once(tiny_data, tmp_path):
 @pytest.mark.parametrize("sweeper", ["basic", "evolve"])
 def test_a_two_process_ddp_trial_inside_a_sweep_runs_once(tiny_data, tmp_path, sweeper):
     ddp = ["trainer.devices=2", "trainer.strategy=ddp", "name=ddp"]
-    args = evolve_args(tmp_path / "sweep", 1, 1) if sweeper == "evolve" else ["seed=0,1"]
+    args = evolve_args(tmp_path / "sweep", 1, 1) if sweeper == "evolve" else ["seed=1"]
     train_m(tmp_path, tiny_data, *args, *ddp)
     if sweeper == "evolve":
         folders = [tmp_path / "sweep"]
@@ -143,7 +143,7 @@ def test_a_two_process_ddp_trial_inside_a_sweep_runs_once(tiny_data, tmp_path, s
         folders = list((tmp_path / "outputs" / "ddp" / "multirun").iterdir())
         assert len(folders) == 1, "the sweep started twice (Lightning #11300)"
     jobs = sorted(p.name for p in folders[0].iterdir() if p.is_dir())
-    assert jobs == (["0"] if sweeper == "evolve" else ["0", "1"])
+    assert jobs == ["0"]
     for job in jobs:
         result = json.loads((folders[0] / job / "results.json").read_text())
         assert result["fitness"] >= 0 and result["final"]["metrics/mAP_0.5"] >= 0

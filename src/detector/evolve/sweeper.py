@@ -41,7 +41,8 @@ class EvolveSweeperImpl(Sweeper):
     def __init__(
         self, *, generations: int, population: int, space: str, seed: int | None, parent: str, top_n: int,
         mutation_prob: float, sigma: float, factor_limits: Sequence[float], fitness_weights: Sequence[float],
-        trial_overrides: Sequence[str], may_differ: Sequence[str], sweep_dir: str | None = None,
+        trial_overrides: Sequence[str], may_differ: Sequence[str], prune: bool, prune_min_epochs: int,
+        prune_min_finished: int, sweep_dir: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         if int(generations) < 1 or int(population) < 1:
@@ -54,6 +55,7 @@ class EvolveSweeperImpl(Sweeper):
             fitness_weights=tuple(float(w) for w in fitness_weights),  # type: ignore[arg-type]
         )  # fmt: skip
         self.trial_overrides, self.may_differ = list(trial_overrides), tuple(may_differ)
+        self.prune = (int(prune_min_epochs), int(prune_min_finished)) if prune else None
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
@@ -87,12 +89,23 @@ class EvolveSweeperImpl(Sweeper):
             drawn = self._draw(folder, space, base, columns, seed, total)
             if not drawn:
                 break
-            batch = [[*arguments, *self.trial_overrides, "hyp_file=null", *hyp_overrides(d["hyp"])] for d in drawn]
+            trial = self._trial_overrides(folder)
+            batch = [[*arguments, *trial, "hyp_file=null", *hyp_overrides(d["hyp"])] for d in drawn]
             job_returns = self.launcher.launch(batch, initial_job_idx=drawn[0]["draw"])
             self._record(folder, columns, drawn, job_returns)
             returns.append(job_returns)
         self._finish(folder)
         return returns
+
+    def _trial_overrides(self, folder: Path) -> list[str]:
+        """The children's settings; with pruning they validate every epoch and carry the median-stopping callback."""
+        if self.prune is None:
+            return list(self.trial_overrides)
+        keep = [o for o in self.trial_overrides if not o.startswith("trainer.check_val_every_n_epoch=")]
+        node = "+callbacks.median_stop"
+        settings = {"_target_": "detector.callbacks.median_stop.MedianStopping", "sweep_dir": folder.resolve(),
+                    "min_epochs": self.prune[0], "min_finished": self.prune[1]}  # fmt: skip
+        return [*keep, "trainer.check_val_every_n_epoch=1", *(f"{node}.{k}={v}" for k, v in settings.items())]
 
     def _claim(self, folder: Path, space: SearchSpace, arguments: list[str]) -> int:
         """The folder's seed; a new folder records this sweep, an existing one must be the same evolution."""

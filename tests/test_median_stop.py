@@ -1,0 +1,78 @@
+"""Median stopping: a child below the finished children's median fitness at an epoch stops there."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from detector.callbacks.median_stop import MedianStopping, finished_fitness_at
+
+
+def write_child(folder, fitness_per_epoch, finished=True):
+    folder.mkdir(parents=True)
+    lines = ["epoch,fitness", *(f"{e},{f}" for e, f in enumerate(fitness_per_epoch))]
+    (folder / "results.csv").write_text("\n".join(lines) + "\n")
+    (folder / "results.json").write_text(json.dumps({"fitness": fitness_per_epoch[-1]} if finished else {}))
+
+
+def fake_trainer(own, epoch, fitness, max_epochs=10):
+    return SimpleNamespace(current_epoch=epoch, max_epochs=max_epochs, sanity_checking=False, is_global_zero=True,
+                           callback_metrics={"fitness": torch.tensor(fitness)}, default_root_dir=str(own),
+                           strategy=SimpleNamespace(broadcast=lambda v, src=0: v), should_stop=False)  # fmt: skip
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    for i, f in enumerate([0.1, 0.2, 0.3, 0.4, 0.5]):
+        write_child(tmp_path / str(i), [f / 4, f / 2, f])  # epoch 2 fitness 0.1 ... 0.5: median 0.3
+    write_child(tmp_path / "5", [0.9, 0.9, 0.9], finished=False)  # still running: not counted
+    write_child(tmp_path / "6", [0.9])  # finished (pruned) before epoch 2: not counted at epoch 2
+    (tmp_path / "7").mkdir()  # this child
+    return tmp_path
+
+
+def test_finished_children_at_an_epoch(sweep):
+    assert sorted(finished_fitness_at(sweep, 2)) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert len(finished_fitness_at(sweep, 0)) == 6  # child 6 counts where it validated
+
+
+@pytest.mark.parametrize(("fitness", "stops"), [(0.29, True), (0.31, False)])
+def test_below_the_median_stops(sweep, fitness, stops):
+    cb = MedianStopping(sweep_dir=sweep, min_epochs=2, min_finished=5)
+    trainer = fake_trainer(sweep / "7", 2, fitness)
+    cb.on_validation_end(trainer, None)
+    assert trainer.should_stop is stops and cb.stopped_epoch == (2 if stops else None)
+
+
+def test_no_stop_before_min_epochs_or_enough_children_or_at_the_last_epoch(sweep):
+    for cb, epoch, max_epochs in (
+        (MedianStopping(sweep_dir=sweep, min_epochs=4, min_finished=5), 2, 10),  # too early
+        (MedianStopping(sweep_dir=sweep, min_epochs=2, min_finished=6), 2, 10),  # 5 finished children only
+        (MedianStopping(sweep_dir=sweep, min_epochs=2, min_finished=5), 2, 3),  # the last epoch ends anyway
+    ):
+        trainer = fake_trainer(sweep / "7", epoch, 0.0, max_epochs)
+        cb.on_validation_end(trainer, None)
+        assert trainer.should_stop is False
+
+
+def test_a_pruning_sweep_gives_children_the_callback_and_validation_every_epoch(tmp_path):
+    import yaml
+    from hydra.utils import instantiate
+
+    from detector import CONF_DIR
+    from detector.evolve.sweeper import EvolveSweeperImpl
+    from tests.helpers import compose_train
+
+    settings = yaml.safe_load((Path(CONF_DIR) / "hydra" / "sweeper" / "evolve.yaml").read_text())
+    settings = {k: v for k, v in settings.items() if k != "_target_"} | {"prune": True}
+    overrides = EvolveSweeperImpl(**settings)._trial_overrides(tmp_path)
+    assert "trainer.check_val_every_n_epoch=1" in overrides
+    assert not any("${epochs}" in o for o in overrides)
+    cfg = compose_train([o for o in overrides if not o.startswith("callbacks.lr_plot")])
+    assert cfg.trainer.check_val_every_n_epoch == 1
+    cb = instantiate(cfg.callbacks.median_stop)
+    assert isinstance(cb, MedianStopping) and cb.sweep_dir == tmp_path.resolve() and cb.min_finished == 5
