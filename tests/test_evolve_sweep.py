@@ -18,6 +18,7 @@ from detector.data.shapes import ensure_shapes_dataset
 from detector.evolve import history
 from detector.evolve.genetic import GeneticSettings, child, fitness
 from detector.evolve.space import SearchSpace, base_values
+from detector.evolve.trial import single_process
 from tests.helpers import compose_train
 
 TIMEOUT = 900
@@ -158,3 +159,12 @@ def test_failed_children_are_rows_with_fitness_zero_and_the_sweep_goes_on(tiny_d
     assert [n["draw"] for n in notes] == [0, 1]
     assert all("timeout of 1" in n["error"] for n in notes)
     assert "child 0 failed" in out.stdout + out.stderr
+
+
+def test_only_one_device_one_node_jobs_count_as_single_process():
+    assert single_process({"devices": 1, "strategy": "auto", "num_nodes": 1})
+    assert single_process({"devices": [0], "strategy": "auto", "num_nodes": 1})
+    assert not single_process({"devices": 2, "strategy": "auto", "num_nodes": 1})
+    assert not single_process({"devices": "auto", "strategy": "auto", "num_nodes": 1})  # may mean every GPU
+    assert not single_process({"devices": 1, "strategy": "ddp", "num_nodes": 1})
+    assert not single_process({"devices": 1, "strategy": "auto", "num_nodes": 2})

@@ -90,8 +90,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> float:
         final = {
             k: float(trainer.callback_metrics[k]) for k in (*RESULT_KEYS, "fitness") if k in trainer.callback_metrics
         }
-        record = {"fitness": best_fitness, "final": final, "epochs": trainer.current_epoch}
-        write_result(run_dir, record | {"started": started, "finished": time.time()})
+        write_result(run_dir, {"fitness": best_fitness, "final": final, "epochs": trainer.current_epoch,
+                               "started": started, "finished": time.time()})  # fmt: skip
     log.info("Results saved to %s (best fitness %.4f)", run_dir, best_fitness)
     return best_fitness
 
@@ -99,7 +99,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> float:
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     if in_multirun():  # every -m job trains as its own process (detector/evolve/trial.py says why)
-        return run_in_child(cfg.trainer, cfg.trial_timeout, cfg.trial_preload)
+        return run_in_child(OmegaConf.to_container(cfg.trainer, resolve=True), cfg.trial_timeout, cfg.trial_preload)
     return run(cfg)
 
 

@@ -79,9 +79,9 @@ def child_args(hc: Any) -> list[str]:
 
 
 def single_process(trainer: Mapping[str, Any]) -> bool:
-    """Whether a Trainer config runs one process (no DDP ranks to launch): one device on one node."""
+    """Whether a Trainer config (plain containers) runs one process, no DDP ranks to launch: one device, one node."""
     devices, strategy = trainer.get("devices"), str(trainer.get("strategy", "auto"))
-    one = devices == 1 or (isinstance(devices, (list, tuple)) and len(devices) == 1) or devices in ("1", [1])
+    one = devices in (1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
     return one and int(trainer.get("num_nodes", 1)) == 1 and "ddp" not in strategy
 
 
