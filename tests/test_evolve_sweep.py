@@ -132,10 +132,22 @@ def test_joblib_launcher_runs_two_children_at_once(tiny_data, tmp_path):
     assert len(history.read_csv(sweep / "evolve.csv")[1]) == 2
 
 
-@pytest.mark.parametrize("sweeper", ["basic", "evolve"])
+def test_ray_launcher_runs_a_generation_on_a_local_cluster(tiny_data, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")  # optional extra: pip install 'detector[ray]'
+    sweep = tmp_path / "sweep"
+    train_m(tmp_path, tiny_data, *evolve_args(sweep, 1, 2), "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2")
+    a, b = (json.loads((sweep / str(i) / "results.json").read_text()) for i in range(2))
+    assert a["started"] < b["finished"] and b["started"] < a["finished"]  # Ray ran the two side by side
+    assert len(history.read_csv(sweep / "evolve.csv")[1]) == 2
+
+
+@pytest.mark.parametrize("sweeper", ["basic", "evolve", "optuna"])
 def test_a_two_process_ddp_trial_inside_a_sweep_runs_once(tiny_data, tmp_path, sweeper):
     ddp = ["trainer.devices=2", "trainer.strategy=ddp", "name=ddp"]
-    args = evolve_args(tmp_path / "sweep", 1, 1) if sweeper == "evolve" else ["seed=1"]
+    args = {"evolve": evolve_args(tmp_path / "sweep", 1, 1), "basic": ["seed=1"],
+            "optuna": ["hydra/sweeper=optuna_evolve", "hydra.sweeper.n_trials=1"]}[sweeper]  # fmt: skip
+    if sweeper == "optuna":
+        pytest.importorskip("optuna")
     train_m(tmp_path, tiny_data, *args, *ddp)
     if sweeper == "evolve":
         folders = [tmp_path / "sweep"]

@@ -24,9 +24,9 @@ OWNERS = {
     "iou_t": None,  # unused by YOLOv5 v6+ too; kept so YOLOv5 hyp files load
 }
 # The same word as a torch param-group key, a plot label, the model yaml's key or the Detect buffer; and the check
-# that refuses hyp.anchors without AutoAnchor; evolution's column rule (anchors appended as 3 when null). Not where
-# the hyp value takes effect.
-NOT_HYP = {("anchors", "src/detector/evolve/space.py"),
+# that refuses hyp.anchors without AutoAnchor; evolution's column rule (anchors appended as 3 when null) and
+# Optuna's search space (anchors as an integer). Not where the hyp value takes effect.
+NOT_HYP = {("anchors", "src/detector/evolve/space.py"), ("anchors", "src/detector/evolve/optuna_space.py"),
            ("weight_decay", "src/detector/optim.py"), ("momentum", "src/detector/schedule.py"),
            ("momentum", "src/detector/plots/lr.py"), ("anchors", "src/detector/models/builder.py"),
            ("anchors", "src/detector/models/detect.py"), ("anchors", "src/detector/models/yolo.py"),
