@@ -36,6 +36,19 @@ class ResultsCSV(Callback):
         self.path = Path(save_dir) / filename
 
     @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed run continues the same file: rows of epochs it trains again (killed after the row was written,
+        before the checkpoint) are dropped."""
+        if trainer.current_epoch == 0 or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) < trainer.current_epoch]
+        if len(kept) != len(lines):
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(self.path)
+
+    @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
         row = [trainer.current_epoch] + [self._value(metrics.get(k)) for k in COLUMNS[1:]]

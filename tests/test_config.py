@@ -9,7 +9,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from detector.run_config import ConfigError, load_hyp_file, prepare_config, resolve_ckpt_path, resolve_precision
+from detector.run_config import ConfigError, load_hyp_file, prepare_config, resolve_precision
 from tests.helpers import CONF_DIR, compose_train
 
 GROUPS = ("hyp", "model", "trainer", "callbacks", "logger", "augment")
@@ -138,23 +138,6 @@ def test_dropping_a_recipe_callback_is_said(tmp_path, caplog):
         assert not caplog.records
         prepare_config(compose_train([f"run_dir={tmp_path}", "callbacks.ema=null"]))
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["callbacks.ema is off"]
-
-
-def test_resolve_ckpt_path(tmp_path):
-    assert resolve_ckpt_path(None) is None
-    with pytest.raises(ConfigError, match="no weights/last.ckpt"):
-        resolve_ckpt_path("last", tmp_path)
-    old = tmp_path / "train" / "a" / "weights" / "last.ckpt"
-    new = tmp_path / "train" / "b" / "weights" / "last.ckpt"
-    for i, p in enumerate((old, new)):
-        p.parent.mkdir(parents=True)
-        p.write_bytes(b"x")
-        import os
-
-        os.utime(p, (1000 + i, 1000 + i))
-    assert resolve_ckpt_path("last", tmp_path) == str(new)
-    with pytest.raises(ConfigError, match="no such checkpoint"):
-        resolve_ckpt_path(str(tmp_path / "nope.ckpt"))
 
 
 def test_resolve_precision():

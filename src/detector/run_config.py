@@ -52,21 +52,6 @@ def load_hyp_file(path: str | Path, hyp: DictConfig) -> DictConfig:
     return OmegaConf.merge(hyp, values)
 
 
-def resolve_ckpt_path(ckpt_path: str | None, outputs_dir: str | Path = "outputs") -> str | None:
-    """``last`` becomes the newest ``weights/last.ckpt`` under ``outputs_dir``; a missing path is an error."""
-    if ckpt_path in (None, "", "null"):
-        return None
-    if ckpt_path == "last":
-        found = sorted(Path(outputs_dir).glob("**/weights/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise ConfigError(f"ckpt_path=last: no weights/last.ckpt found under {Path(outputs_dir).resolve()}")
-        log.info("Resuming from %s", found[-1])
-        return str(found[-1])
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    return str(ckpt_path)
-
-
 def resolve_precision(trainer_cfg: DictConfig) -> str:
     """``auto`` means AMP (16-mixed) when training on CUDA, else full precision."""
     precision = str(trainer_cfg.get("precision", "auto"))

@@ -9,20 +9,27 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd, instantiate
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from detector import CONF_DIR
+from detector.checkpoint_io import AtomicCheckpointIO
 from detector.data.config import DataConfig, load_data_config
 from detector.data.datamodule import DetectorDataModule
 from detector.evolve.history import RESULT_KEYS
 from detector.evolve.trial import in_multirun, run_in_child, write_result
 from detector.module import DetectorModule
 from detector.rank_logging import filter_to_rank_zero
-from detector.run_config import prepare_config, resolve_ckpt_path
+from detector.resume import CONFIG_KEY, StoreRunConfig, restore_config
+from detector.run_config import prepare_config
+from detector.run_folder import RunLock, checkpoint_run_dir, register_resolver, resolve_checkpoint
 
 log = logging.getLogger(__name__)
+register_resolver()  # ${detector.run_folder:...} in hydra.run.dir: a resumed run continues in its own folder
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -44,44 +51,92 @@ def build_module(cfg: DictConfig, nc: int, names: dict[int, str]) -> DetectorMod
     return instantiate(cfg.module, _partial_=True, _recursive_=False, _convert_="all")(nc=nc, names=dict(names))
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     """Train with a composed config; returns the best fitness (0.1 mAP@0.5 + 0.9 mAP@0.5:0.95). The run folder's
-    results.json gets the final epoch's metrics and that fitness, or the error that stopped the run."""
+    results.json gets the final epoch's metrics and that fitness, or the error that stopped the run.
+
+    With ``ckpt_path`` the run resumes: the checkpoint's config comes back, and ``overrides`` (the command line's,
+    by default) may change only the keys in ``resume_may_differ``."""
     filter_to_rank_zero()
+    cwd = _original_cwd()
+    ckpt = resolve_checkpoint(cfg.ckpt_path, Path(cwd) / "outputs" / cfg.name)
+    state = stored = None
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        stored = state.get(CONFIG_KEY)
+        if stored is None:
+            log.warning("%s holds no run config (an older or foreign checkpoint): resuming with this config", ckpt)
+        else:
+            if overrides is None:
+                overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+            cfg = restore_config(cfg, stored, overrides)
     cfg = prepare_config(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    finished = _finished_run(ckpt, state, int(cfg.epochs))
+    del state
+    if finished is not None:
+        return finished
+    lock = RunLock(run_dir) if rank_zero_only.rank == 0 else None
     try:
-        return _fit(cfg, run_dir)
+        return _fit(cfg, run_dir, cwd, ckpt)
     except Exception as e:
         if rank_zero_only.rank == 0:
             write_result(run_dir, {"error": f"{type(e).__name__}: {e}"})
         raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _fit(cfg: DictConfig, run_dir: Path) -> float:
+def _original_cwd() -> str:
+    try:
+        return get_original_cwd()
+    except ValueError:  # composed without @hydra.main (tests)
+        return str(Path.cwd())
+
+
+def _finished_run(ckpt: Path | None, state: dict[str, Any] | None, epochs: int) -> float | None:
+    """The best fitness of the checkpoint's run when it has nothing left to train (all ``epochs`` done, or early
+    stopping's patience used up), else None."""
+    if state is None:
+        return None
+    done = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed", 0)
+    stopped = any(
+        isinstance(c, dict) and "wait_count" in c and 0 < c.get("patience", 0) <= c["wait_count"]
+        for c in state.get("callbacks", {}).values()
+    )
+    if done < epochs and not stopped:
+        return None
+    callbacks = [c for c in state.get("callbacks", {}).values() if isinstance(c, dict)]
+    best = [c["best_model_score"] for c in callbacks if c.get("monitor") == "fitness" and c.get("best_model_score")]
+    run_dir = checkpoint_run_dir(ckpt) or ckpt
+    log.info("%s finished training (%d of %d epochs): nothing to resume", run_dir, done, epochs)
+    return float(best[0]) if best else 0.0
+
+
+def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
     started = time.time()
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
 
-    try:
-        cwd = get_original_cwd()
-    except ValueError:  # composed without @hydra.main (tests)
-        cwd = str(Path.cwd())
     data = load_data_config(cfg.data, cfg.datasets_dir, cwd)
     nc, names = (1, {0: data.names[0] if data.nc == 1 else "item"}) if cfg.single_cls else (data.nc, data.names)
     module = build_module(cfg, nc, names)
     datamodule = build_datamodule(cfg, data, stride=int(module.model.stride.max()))
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    plugins = _plugins(trainer_kwargs.pop("plugins", None))
     trainer = L.Trainer(
         **trainer_kwargs,
-        callbacks=instantiate_group(cfg.callbacks),
+        callbacks=[*instantiate_group(cfg.callbacks), StoreRunConfig(OmegaConf.to_container(cfg, resolve=True))],
         logger=instantiate_group(cfg.get("logger")) or False,
         default_root_dir=str(run_dir),
+        plugins=plugins,
     )
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(cwd) / "outputs")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if ckpt is not None:
+        log.info("Resuming from %s", ckpt)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt is not None else None)
 
     best_ckpt = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None) == "fitness"), None)
     best = best_ckpt.best_model_score if best_ckpt is not None else None
@@ -94,6 +149,14 @@ def _fit(cfg: DictConfig, run_dir: Path) -> float:
                                "started": started, "finished": time.time()})  # fmt: skip
     log.info("Results saved to %s (best fitness %.4f)", run_dir, best_fitness)
     return best_fitness
+
+
+def _plugins(configured: Any) -> list:
+    """trainer.plugins plus our atomic checkpoint writer (unless a CheckpointIO of the user's is among them)."""
+    plugins = [] if configured is None else list(configured) if isinstance(configured, list) else [configured]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")

@@ -165,14 +165,17 @@ class DetectorDataModule(L.LightningDataModule):
             return None
         return Path(str(Path(ls.label_files[0]).parent) + ".npy-cache")
 
-    def _loader(self, dataset: YoloDataset, batch: int, workers: int, shuffle: bool, rank: int, world: int):
+    def _loader(self, dataset: YoloDataset, batch: int, workers: int, shuffle: bool, rank: int, world: int,
+                epoch: int = 0):  # fmt: skip
         batch = min(batch, len(dataset))
         _, _, devices = self._world()
         nw = min((os.cpu_count() or 1) // devices, batch if batch > 1 else 0, workers)
         return DataLoader(
             dataset,
             batch_size=batch,
-            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world),
+            sampler=EpochSampler(
+                len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world, epoch=epoch
+            ),  # fmt: skip
             num_workers=nw,
             pin_memory=torch.cuda.is_available(),
             collate_fn=YoloDataset.collate_fn,
@@ -184,7 +187,12 @@ class DetectorDataModule(L.LightningDataModule):
         if self.train_dataset is None:
             self.setup("fit")
         world, rank, _ = self._world()
-        return self._loader(self.train_dataset, self._train_batch, self.workers, not self.rect, rank, world)
+        # On resume Lightning creates the epoch's iterator (setup_data) before it calls set_epoch, and a worker
+        # loader draws its first batches right then: the sampler must start at the restored epoch, or the first
+        # resumed epoch repeats epoch 0's order and augmentation (seen with workers > 0).
+        trainer = self.trainer
+        epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+        return self._loader(self.train_dataset, self._train_batch, self.workers, not self.rect, rank, world, epoch)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:

@@ -18,7 +18,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
     batch of a rect (unshuffled) dataset comes from one rect group of ``batch * world_size`` images.
     """
 
-    def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, epoch: int = 0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
         self.n = n
@@ -26,7 +26,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.epoch = 0
+        self.epoch = int(epoch)
         self.num_samples = math.ceil(n / world_size) if n else 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -1,0 +1,118 @@
+"""Run folders: a live run's lock, and the folder a run writes to (a resumed run continues its own).
+
+A run holds an exclusive ``flock`` on ``run.lock`` in its folder while it trains; the kernel drops it when the
+process ends, SIGKILL included, so ``ckpt_path=last`` can tell a live run from a killed one without heartbeats.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+LOCK_FILE = "run.lock"
+RESOLVER = "detector.run_folder"  # hydra.run.dir in conf/train.yaml
+
+
+class RunFolderError(ValueError):
+    """No run to resume, or the one named is still running; the message says which."""
+
+
+def is_live(run_dir: str | Path) -> bool:
+    """True while a process holds the run's lock."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.exists():
+        return False
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+class RunLock:
+    """Holds ``run.lock`` of ``run_dir`` (exclusive) until ``release``; a second holder is refused."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] | None = self.path.open("a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            pid = self._file.read().strip() or "?"
+            self._file.close()
+            self._file = None
+            raise RunFolderError(f"{self.path.parent} is in use by a live run (pid {pid})") from None
+        self._file.truncate(0)
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+
+def checkpoint_run_dir(ckpt: str | Path) -> Path | None:
+    """The run folder a ``<run>/weights/*.ckpt`` belongs to (it holds config.yaml), else None."""
+    run_dir = Path(ckpt).resolve().parent.parent
+    if Path(ckpt).resolve().parent.name == "weights" and (run_dir / "config.yaml").is_file():
+        return run_dir
+    return None
+
+
+def last_checkpoint(runs_root: str | Path) -> Path:
+    """The newest ``weights/last.ckpt`` of the runs under ``runs_root`` (one run name) that are not running."""
+    root = Path(runs_root)
+    found = sorted(root.glob("*/weights/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not found:
+        raise RunFolderError(f"ckpt_path=last: no run under {root.resolve()} has weights/last.ckpt")
+    for ckpt in found:
+        if not is_live(ckpt.parent.parent):
+            return ckpt
+    raise RunFolderError(
+        f"ckpt_path=last: every run under {root.resolve()} with a last.ckpt is still running "
+        f"({', '.join(str(c.parent.parent) for c in found)}); resume one with ckpt_path=path/to/last.ckpt once it stops"
+    )
+
+
+def resolve_checkpoint(ckpt_path: str | None, runs_root: str | Path) -> Path | None:
+    """``ckpt_path`` as a file: None, ``last`` (see ``last_checkpoint``) or a path that must exist and not belong to
+    a live run."""
+    if ckpt_path in (None, "", "null", "None"):
+        return None
+    if ckpt_path == "last":
+        return last_checkpoint(runs_root)
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise RunFolderError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    run_dir = checkpoint_run_dir(path)
+    if run_dir is not None and is_live(run_dir):
+        raise RunFolderError(f"ckpt_path={ckpt_path}: its run {run_dir} is still running")
+    return path
+
+
+def run_folder(ckpt_path: str | None, runs_root: str, stamp: str) -> str:
+    """``hydra.run.dir``: the resumed run's own folder, else a new ``runs_root/stamp`` (also when the checkpoint
+    cannot be resumed: the run then stops with the reason, a message instead of a traceback from config setup)."""
+    try:
+        ckpt = resolve_checkpoint(ckpt_path, runs_root)
+    except RunFolderError:
+        ckpt = None
+    run_dir = checkpoint_run_dir(ckpt) if ckpt is not None else None
+    return str(run_dir) if run_dir is not None else f"{runs_root}/{stamp}"
+
+
+def register_resolver() -> None:
+    """Make ``${detector.run_folder:CKPT_PATH,RUNS_ROOT,STAMP}`` available to configs (idempotent)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver(
+        RESOLVER, lambda ckpt, root, stamp: run_folder(None if ckpt is None else str(ckpt), str(root), str(stamp)),
+        replace=True,
+    )  # fmt: skip
