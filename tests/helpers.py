@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
@@ -91,3 +92,21 @@ class Fp16Probe(Callback):
         tensors = [t for t in (*pl_module.model.parameters(), *pl_module.model.buffers()) if t.is_floating_point()]
         result = {"all": all(exact(t) for t in tensors), "anchors": exact(pl_module.model.detect.anchors)}
         self.path.write_text(json.dumps(result))
+
+
+class PoisonLoss(Callback):
+    """Makes the training loss NaN on the listed global batch numbers (non-finite loss tests)."""
+
+    def __init__(self, batches: list[int]) -> None:
+        self.batches = set(batches)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss_fn, counter = pl_module.loss_fn, iter(range(1 << 30))
+
+        def poisoned(preds, targets):
+            loss, items = loss_fn(preds, targets)
+            if not torch.is_grad_enabled():  # validation
+                return loss, items
+            return (loss * float("nan"), items) if next(counter) in self.batches else (loss, items)
+
+        pl_module.loss_fn = poisoned

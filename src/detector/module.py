@@ -48,6 +48,7 @@ class DetectorModule(L.LightningModule):
         schedule: Mapping[str, Any],
         optimizer: str,
         max_grad_norm: float,
+        max_bad_steps: int,
         label_smoothing: float,
         single_cls: bool,
         multi_scale: bool,
@@ -66,6 +67,7 @@ class DetectorModule(L.LightningModule):
             nc, names=self.names, ap_method=self.val_cfg["ap_method"], coco=self.val_cfg["coco"] != "never"
         )
         self.last_opt_step = -1
+        self.bad_steps = 0  # consecutive batches whose loss was not finite
         self._choice: OptimizerChoice | None = None  # set by configure_optimizers (optimizer=auto resolves there)
         self._schedule: TrainingSchedule | None = None
         self._val_loss = torch.zeros(3)
@@ -149,6 +151,9 @@ class DetectorModule(L.LightningModule):
         with contextlib.nullcontext() if step or no_sync is None else no_sync():
             preds = self.model(imgs)
             loss, items = self.loss_fn(preds, targets)
+            if self._not_finite(loss, batch_idx):
+                opt.zero_grad()  # the batch and the accumulation window it was in are dropped
+                return None
             self.manual_backward(loss * self.trainer.world_size)
         self.last_loss_items = items  # (box, obj, cls) of this batch, detached
         if step:
@@ -166,6 +171,25 @@ class DetectorModule(L.LightningModule):
             for j, lr in enumerate(values.lrs):
                 self.log(f"x/lr{j}", lr, on_step=False, on_epoch=True, batch_size=1)
         return loss.detach()
+
+    def _not_finite(self, loss: torch.Tensor, batch_idx: int) -> bool:
+        """True when this batch's loss (on any rank) is not finite: the step is skipped with a warning, and after
+        ``max_bad_steps`` such batches in a row training stops with an error (last.ckpt keeps the last good epoch)."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")  # every rank skips together
+        if not bool(bad.item()):
+            self.bad_steps = 0
+            return False
+        self.bad_steps += 1
+        log.warning("epoch %d batch %d: loss is not finite, batch skipped (%d in a row)", self.current_epoch,
+                    batch_idx, self.bad_steps)  # fmt: skip
+        if self.bad_steps >= self.hparams.max_bad_steps:
+            raise FloatingPointError(
+                f"training stopped: the loss was not finite for {self.bad_steps} batches in a row (max_bad_steps); "
+                "weights/last.ckpt holds the last finished epoch. Lower hyp.lr0 or check the labels"
+            )
+        return True
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after the AMP scaler's unscale_: clipping earlier would clip the scaled gradients.
