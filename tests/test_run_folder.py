@@ -36,6 +36,9 @@ def test_last_is_this_names_newest_run_that_is_not_running(tmp_path):
         assert resolve_checkpoint("last", runs) == old
         with pytest.raises(RunFolderError, match="still running"):
             resolve_checkpoint(str(new), runs)
+        own = new.parent.parent  # a DDP rank > 0 of the live run itself: its own run is no obstacle
+        assert resolve_checkpoint("last", runs, own_run=own) == new
+        assert resolve_checkpoint(str(new), runs, own_run=own) == new
         with pytest.raises(RunFolderError, match="in use by a live run"):
             RunLock(new.parent.parent)
         lock_a = RunLock(old.parent.parent)

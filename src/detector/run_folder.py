@@ -81,18 +81,21 @@ def last_checkpoint(runs_root: str | Path) -> Path:
     )
 
 
-def resolve_checkpoint(ckpt_path: str | None, runs_root: str | Path) -> Path | None:
+def resolve_checkpoint(ckpt_path: str | None, runs_root: str | Path, own_run: Path | None = None) -> Path | None:
     """``ckpt_path`` as a file: None, ``last`` (see ``last_checkpoint``) or a path that must exist and not belong to
-    a live run."""
+    a live run. ``own_run``: the folder this process's own run holds the lock of (DDP ranks > 0): ``last`` is its
+    last.ckpt, and its lock is not another run's."""
     if ckpt_path in (None, "", "null", "None"):
         return None
     if ckpt_path == "last":
+        if own_run is not None and (own_run / "weights" / "last.ckpt").is_file():
+            return own_run / "weights" / "last.ckpt"
         return last_checkpoint(runs_root)
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
         raise RunFolderError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     run_dir = checkpoint_run_dir(path)
-    if run_dir is not None and is_live(run_dir):
+    if run_dir is not None and is_live(run_dir) and run_dir != (own_run.resolve() if own_run else None):
         raise RunFolderError(f"ckpt_path={ckpt_path}: its run {run_dir} is still running")
     return path
 

@@ -59,7 +59,10 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     by default) may change only the keys in ``resume_may_differ``."""
     filter_to_rank_zero()
     cwd = _original_cwd()
-    ckpt = resolve_checkpoint(cfg.ckpt_path, Path(cwd) / "outputs" / cfg.name)
+    if rank_zero_only.rank == 0:
+        ckpt = resolve_checkpoint(cfg.ckpt_path, Path(cwd) / "outputs" / cfg.name)
+    else:  # a DDP rank started by rank 0, which holds the run's lock and chose the run folder (hydra.run.dir)
+        ckpt = resolve_checkpoint(cfg.ckpt_path, Path(cwd) / "outputs" / cfg.name, own_run=Path(cfg.run_dir))
     state = stored = None
     if ckpt is not None:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
