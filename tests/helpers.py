@@ -110,3 +110,23 @@ class PoisonLoss(Callback):
             return (loss * float("nan"), items) if next(counter) in self.batches else (loss, items)
 
         pl_module.loss_fn = poisoned
+
+
+class Rendezvous(Callback):
+    """Each process checks in at train start and waits (up to ``timeout`` s) until ``n`` have: proves that ``n``
+    trainings run at the same time, whatever their start-up skew (launcher tests)."""
+
+    def __init__(self, folder: str, n: int, timeout: float = 300.0) -> None:
+        self.folder, self.n, self.timeout = Path(folder), n, timeout
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import os
+        import time
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / str(os.getpid())).touch()
+        deadline = time.time() + self.timeout
+        while len(list(self.folder.iterdir())) < self.n:
+            if time.time() > deadline:
+                raise RuntimeError(f"only {len(list(self.folder.iterdir()))} of {self.n} trainings ran at once")
+            time.sleep(0.05)

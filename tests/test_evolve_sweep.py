@@ -22,6 +22,7 @@ from detector.evolve.trial import single_process
 from tests.helpers import compose_train
 
 TIMEOUT = 900
+ROOT = Path(__file__).resolve().parents[1]  # children may import tests.helpers callbacks
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def command(data: Path, *args: str) -> list[str]:
 
 
 def train_m(cwd: Path, data: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(command(data, *args), cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(command(data, *args), cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -126,18 +128,25 @@ def test_a_killed_sweep_continues_without_losing_or_repeating_a_child(tiny_data,
 
 def test_joblib_launcher_runs_two_children_at_once(tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
-    train_m(tmp_path, tiny_data, *evolve_args(sweep, 1, 2), "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    meet = ("+callbacks.meet._target_=tests.helpers.Rendezvous", f"+callbacks.meet.folder={tmp_path / 'meet'}",
+            "+callbacks.meet.n=2")  # each child waits at train start until both are there  # fmt: skip
+    train_m(tmp_path, tiny_data, *evolve_args(sweep, 1, 2), "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *meet)
     a, b = (json.loads((sweep / str(i) / "results.json").read_text()) for i in range(2))
-    assert a["started"] < b["finished"] and b["started"] < a["finished"]  # the two trainings overlapped
+    assert "error" not in a and "error" not in b  # neither waited in vain: they ran side by side
+    assert a["started"] < b["finished"] and b["started"] < a["finished"]
     assert len(history.read_csv(sweep / "evolve.csv")[1]) == 2
 
 
 def test_ray_launcher_runs_a_generation_on_a_local_cluster(tiny_data, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")  # optional extra: pip install 'detector[ray]'
     sweep = tmp_path / "sweep"
-    train_m(tmp_path, tiny_data, *evolve_args(sweep, 1, 2), "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2")
+    meet = ("+callbacks.meet._target_=tests.helpers.Rendezvous", f"+callbacks.meet.folder={tmp_path / 'meet'}",
+            "+callbacks.meet.n=2")  # fmt: skip
+    train_m(tmp_path, tiny_data, *evolve_args(sweep, 1, 2), "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+            *meet)  # fmt: skip
     a, b = (json.loads((sweep / str(i) / "results.json").read_text()) for i in range(2))
-    assert a["started"] < b["finished"] and b["started"] < a["finished"]  # Ray ran the two side by side
+    assert "error" not in a and "error" not in b  # Ray ran the two side by side
+    assert a["started"] < b["finished"] and b["started"] < a["finished"]
     assert len(history.read_csv(sweep / "evolve.csv")[1]) == 2
 
 
