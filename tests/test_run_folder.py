@@ -23,6 +23,18 @@ def make_run(root, name, mtime):
     return ckpt
 
 
+def hold(run_dir) -> subprocess.Popen:
+    """Another process holding ``run_dir``'s lock, as a live run does."""
+    code = f"from detector.run_folder import RunLock; lock = RunLock({str(run_dir)!r}); import time; time.sleep(120)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    for _ in range(600):
+        if is_live(run_dir):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the holder did not take the lock")
+
+
 def test_last_is_this_names_newest_run_that_is_not_running(tmp_path):
     runs = tmp_path / "outputs" / "probe"
     with pytest.raises(RunFolderError, match="no run under"):
@@ -30,9 +42,9 @@ def test_last_is_this_names_newest_run_that_is_not_running(tmp_path):
     old, new = make_run(runs, "a", 1000), make_run(runs, "b", 2000)
     make_run(tmp_path / "outputs" / "other", "c", 3000)  # another name's newer run is never picked
     assert resolve_checkpoint("last", runs) == new
-    lock = RunLock(new.parent.parent)  # b is live
+    holder = hold(new.parent.parent)  # b is live
     try:
-        assert is_live(new.parent.parent) and not is_live(old.parent.parent)
+        assert not is_live(old.parent.parent)
         assert resolve_checkpoint("last", runs) == old
         with pytest.raises(RunFolderError, match="still running"):
             resolve_checkpoint(str(new), runs)
@@ -41,12 +53,17 @@ def test_last_is_this_names_newest_run_that_is_not_running(tmp_path):
         assert resolve_checkpoint(str(new), runs, own_run=own) == new
         with pytest.raises(RunFolderError, match="in use by a live run"):
             RunLock(new.parent.parent)
-        lock_a = RunLock(old.parent.parent)
+        lock_a = RunLock(old.parent.parent)  # held by this process: its own run is not live to itself
+        assert not is_live(old.parent.parent)
+        lock_a.release()
+        holder_a = hold(old.parent.parent)
         with pytest.raises(RunFolderError, match="every run .* is still running"):
             resolve_checkpoint("last", runs)
-        lock_a.release()
+        holder_a.kill()
+        holder_a.wait()
     finally:
-        lock.release()
+        holder.kill()
+        holder.wait()
     assert not is_live(new.parent.parent)
     assert resolve_checkpoint(None, runs) is None
     with pytest.raises(RunFolderError, match="no such checkpoint"):
@@ -64,17 +81,9 @@ def test_run_folder_is_the_resumed_runs_own_or_a_new_one(tmp_path):
 
 
 def test_a_killed_holder_frees_the_lock(tmp_path):
-    code = f"from detector.run_folder import RunLock; lock = RunLock({str(tmp_path)!r}); import time; time.sleep(60)"
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    try:
-        for _ in range(600):
-            if is_live(tmp_path):
-                break
-            time.sleep(0.05)
-        assert is_live(tmp_path)
-    finally:
-        proc.kill()
-        proc.wait()
+    proc = hold(tmp_path)
+    proc.kill()
+    proc.wait()
     assert not is_live(tmp_path)  # SIGKILL drops the flock: the run can be resumed
 
 

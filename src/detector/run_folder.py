@@ -20,11 +20,14 @@ class RunFolderError(ValueError):
 
 
 def is_live(run_dir: str | Path) -> bool:
-    """True while a process holds the run's lock."""
+    """True while another process holds the run's lock (this process's own run is not live to itself)."""
     path = Path(run_dir) / LOCK_FILE
     if not path.exists():
         return False
-    with path.open("a") as f:
+    with path.open("a+") as f:
+        f.seek(0)
+        if f.read().strip() == str(os.getpid()):
+            return False
         try:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -115,7 +118,9 @@ def register_resolver() -> None:
     """Make ``${detector.run_folder:CKPT_PATH,RUNS_ROOT,STAMP}`` available to configs (idempotent)."""
     from omegaconf import OmegaConf
 
+    # use_cache: Hydra reads hydra.run.dir again after the run took its lock (Lightning's DDP launch passes it to
+    # the other ranks); the folder is decided once per process, as Hydra's own ${now:} is.
     OmegaConf.register_new_resolver(
         RESOLVER, lambda ckpt, root, stamp: run_folder(None if ckpt is None else str(ckpt), str(root), str(stamp)),
-        replace=True,
+        replace=True, use_cache=True,
     )  # fmt: skip
