@@ -1,11 +1,13 @@
 """Record YOLOv5 7.0's own training steps for the lock-step parity test (tests/test_lockstep.py).
 
 Run in YOLOv5's environment (never ours): ``bench/yolov5_env.sh && bench/.venv-yolov5/bin/python
-bench/lockstep_reference.py``. It writes a tiny dataset (16 PNGs of 64 px, 3 classes) and YOLOv5's record of a
-120-iteration float64 run on it to ``tests/data/lockstep/``: the initial weights, the first 48 batches (names, targets),
-and after every batch the losses, lr and momentum per group, accumulation, whether it stepped, the gradient norm
-before clipping, and per-tensor sums of the weights and of the EMA weights. Augmentation is off, so the test can
-rebuild each batch from the PNGs and replay it through our Trainer. Only numbers are stored, no YOLOv5 code.
+bench/lockstep_reference.py [--optimizer AdamW]``. It writes a tiny dataset (16 PNGs of 64 px, 3 classes) and YOLOv5's
+record of a 120-iteration float64 run on it to ``tests/data/lockstep/``: the initial weights, the first 48 batches
+(names, targets), and after every batch the losses, lr and momentum per group, accumulation, whether it stepped, the
+gradient norm before clipping, and per-tensor sums of the weights and of the EMA weights. Augmentation is off, so the
+test can rebuild each batch from the PNGs and replay it through our Trainer. Only numbers are stored, no YOLOv5 code.
+With ``--optimizer Adam|AdamW`` it writes only that run's records (``reference_adamw.pt``): the initial weights and
+batches are the SGD record's, which it checks.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ def tensor_stats(state: dict) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--optimizer", default=SETTINGS["optimizer"], choices=["SGD", "Adam", "AdamW"])
     args = parser.parse_args()
+    SETTINGS["optimizer"] = args.optimizer
     os.environ.update(
         TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS="1", YOLOv5_AUTOINSTALL="false",
         YOLO_OFFLINE="1", YOLO_AUTOINSTALL="false", HF_HUB_OFFLINE="1", MPLBACKEND="Agg",
@@ -177,7 +181,7 @@ def main() -> None:
                 "loss": state["loss"][0],
                 "loss_items": state["loss"][1],
                 "lr": [float(g["lr"]) for g in opt.param_groups],
-                "momentum": [float(g["momentum"]) for g in opt.param_groups],
+                "momentum": [float(g.get("momentum", g.get("betas", (0,))[0])) for g in opt.param_groups],
                 "stepped": bool(stepped),
                 "grad_norm": state["norm"] if stepped else None,
                 "weights": tensor_stats(model.state_dict()),
@@ -216,9 +220,18 @@ def main() -> None:
         "torch": torch.__version__, "python": sys.version.split()[0],
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(rec, args.out / "reference.pt")
+    target = args.out / "reference.pt"
+    if SETTINGS["optimizer"] != "SGD":  # same seed, same initial weights and batches: keep only what differs
+        base = torch.load(target, weights_only=False)
+        same_init = all(torch.equal(base["init_state"][k], v) for k, v in rec["init_state"].items())
+        same_batches = [b["names"] for b in base["batches"]] == [b["names"] for b in rec["batches"]]
+        if not (same_init and same_batches):
+            raise SystemExit(f"{SETTINGS['optimizer']} run does not share {target}'s initial weights and batches")
+        rec = {"records": rec["records"], "meta": rec["meta"]}
+        target = args.out / f"reference_{SETTINGS['optimizer'].lower()}.pt"
+    torch.save(rec, target)
     steps = sum(r["stepped"] for r in rec["records"])
-    print(f"wrote {args.out / 'reference.pt'}: the first {KEEP} batches of {SETTINGS['epochs']}, {steps} steps")
+    print(f"wrote {target}: the first {KEEP} iterations of {SETTINGS['epochs']}, {steps} steps")
     shutil.rmtree(work, ignore_errors=True)
 
 

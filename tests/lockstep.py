@@ -20,8 +20,12 @@ from tests.helpers import compose_train
 DATA = Path(__file__).parent / "data" / "lockstep"
 
 
-def load_reference() -> dict[str, Any]:
-    return torch.load(DATA / "reference.pt", weights_only=False)
+def load_reference(optimizer: str = "SGD") -> dict[str, Any]:
+    """The SGD record, or another optimizer's records on the SGD record's initial weights and batches."""
+    ref = torch.load(DATA / "reference.pt", weights_only=False)
+    if optimizer != "SGD":
+        ref.update(torch.load(DATA / f"reference_{optimizer.lower()}.pt", weights_only=False))
+    return ref
 
 
 def tensor_stats(state: dict[str, torch.Tensor]) -> np.ndarray:

@@ -6,6 +6,7 @@ batch the losses, lr and momentum per group, whether it stepped, the gradient no
 sums. The first 44 iterations hold 31 optimizer steps, through warmup (lr, momentum, accumulation 1 -> 2),
 clipping (norms 9-40 against max 10) and EMA. Both sides run in float64: early training is chaotic (float64 noise
 grows about tenfold every 6 iterations), and float32 rounding would leave tolerance only for a few steps.
+reference_adamw.pt holds the same run with YOLOv5's AdamW (same initial weights and batches).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ PERTURBATIONS = [  # (override, the component the first divergence must name)
     ("hyp.box=0.0501", "loss"),
     ("hyp.weight_decay=0.005", "optimizer step"),
 ]
+ADAMW = ["trainer.precision=64-true", "schedule.ramp_adam_beta1=false"]  # YOLOv5 leaves Adam's beta1 alone in warmup
 FAST = {"max_grad_norm=5", "hyp.warmup_momentum=0.937", "nbs=32", "callbacks.ema.from_init=false"}
 
 
@@ -59,3 +61,13 @@ def test_lockstep_fails_on_a_perturbed_component(reference, tmp_path, override, 
     ours = replay(reference, tmp_path, ["trainer.precision=64-true", override], 24)
     found = first_divergence(reference, ours, iterations=24)
     assert found is not None and component in found, found
+
+
+def test_lockstep_with_yolov5_adamw(tmp_path):
+    """YOLOv5's AdamW groups (betas=(momentum, 0.999), decay on weights only) step for step, from the same start."""
+    reference = load_reference("AdamW")
+    ours = replay(reference, tmp_path, ADAMW, ITERATIONS)
+    assert first_divergence(reference, ours, iterations=ITERATIONS) is None
+    ramped = replay(reference, tmp_path / "ramped", ["trainer.precision=64-true"], 8)
+    found = first_divergence(reference, ramped, iterations=8)
+    assert found is not None and "momentum" in found, found

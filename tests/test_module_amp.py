@@ -48,3 +48,12 @@ def test_amp_step_matches_full_precision_step(tmp_path):
     assert fp32 > 0
     # Clipping the still-scaled gradients would shrink the AMP step by the loss scale (65536x).
     assert mixed == pytest.approx(fp32, rel=0.2)
+
+
+def test_bf16_mixed_step_matches_full_precision_step_on_cpu(tmp_path):
+    """bf16-mixed (CPU autocast, no GradScaler) under our manual optimization: one step close to the fp32 step."""
+    data_yaml = ensure_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=4)
+    fp32 = first_step_change(data_yaml, tmp_path / "fp32", [])
+    bf16 = first_step_change(data_yaml, tmp_path / "bf16", [MixedPrecision("bf16-mixed", "cpu")])
+    assert fp32 > 0
+    assert bf16 == pytest.approx(fp32, rel=0.1)

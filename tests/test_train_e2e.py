@@ -167,3 +167,23 @@ def test_training_runs_on_the_good_files_of_a_broken_dataset(tiny_data, tmp_path
     assert len(read_results(tmp_path / "run" / "results.csv")) == 1
     # Nothing in the user's dataset was changed.
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_bf16_mixed_run_passes_the_amp_check_and_trains(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("DETECTOR_AMP_DECISION", raising=False)
+    fitness = run(tiny_cfg(tiny_data, tmp_path, "epochs=1", "trainer.precision=bf16-mixed", "autoanchor=false"))
+    assert math.isfinite(fitness)
+    rows = read_results(tmp_path / "results.csv")
+    assert len(rows) == 1 and all(math.isfinite(v) for v in rows[0].values()) and rows[0]["train/box_loss"] > 0
+    assert "precision: bf16-mixed" in (tmp_path / "config.yaml").read_text()  # the check kept it
+
+
+def test_a_failed_amp_check_trains_in_full_precision(tiny_data, tmp_path, monkeypatch):
+    from detector import amp_check
+
+    monkeypatch.delenv("DETECTOR_AMP_DECISION", raising=False)
+    monkeypatch.setattr(amp_check, "check_amp", lambda *a, **k: "2 of 5 full-precision detections have no match")
+    run(tiny_cfg(tiny_data, tmp_path, "epochs=1", "trainer.precision=bf16-mixed", "autoanchor=false"))
+    assert "precision: 32-true" in (tmp_path / "config.yaml").read_text()
+    ckpt = torch.load(tmp_path / "weights" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["detector_config"]["trainer"]["precision"] == "32-true"  # a resume keeps the decision

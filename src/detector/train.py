@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from detector import CONF_DIR
+from detector.amp_check import PrecisionAgreement, checked_precision
 from detector.checkpoint_io import AtomicCheckpointIO
 from detector.data.config import DataConfig, load_data_config
 from detector.data.datamodule import DetectorDataModule
@@ -120,6 +121,9 @@ def _finished_run(ckpt: Path | None, state: dict[str, Any] | None, epochs: int) 
 
 def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
     started = time.time()
+    amp_settings = OmegaConf.select(cfg, "amp_check")  # None in the config of a checkpoint from before the check
+    if amp_settings is not None:
+        cfg.trainer.precision = checked_precision(str(cfg.trainer.precision), cfg.trainer, amp_settings)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
 
@@ -132,7 +136,11 @@ def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
     plugins = _plugins(trainer_kwargs.pop("plugins", None))
     trainer = L.Trainer(
         **trainer_kwargs,
-        callbacks=[*instantiate_group(cfg.callbacks), StoreRunConfig(OmegaConf.to_container(cfg, resolve=True))],
+        callbacks=[
+            *instantiate_group(cfg.callbacks),
+            StoreRunConfig(OmegaConf.to_container(cfg, resolve=True)),
+            PrecisionAgreement(),
+        ],
         logger=instantiate_group(cfg.get("logger")) or False,
         default_root_dir=str(run_dir),
         plugins=plugins,
