@@ -112,6 +112,9 @@ def test_prepare_config_checks_choices(tmp_path):
     cfg = compose_train([f"run_dir={tmp_path}", "cache=gpu"])
     with pytest.raises(ConfigError, match="cache=gpu"):
         prepare_config(cfg)
+    cfg = compose_train([f"run_dir={tmp_path}", "trainer=cpu", "trainer.sync_batchnorm=true"])
+    with pytest.raises(ConfigError, match="sync_batchnorm=true needs CUDA"):
+        prepare_config(cfg)
     f = tmp_path / "h.yaml"
     f.write_text("lr0: 0.02\n")
     cfg = prepare_config(compose_train([f"run_dir={tmp_path}", f"hyp_file={f}"]))

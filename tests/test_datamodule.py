@@ -14,7 +14,7 @@ from detector import CONF_DIR
 from detector.data.config import load_data_config
 from detector.data.datamodule import DetectorDataModule
 from detector.data.multiscale import multi_scale, random_size
-from detector.data.sampler import EpochSampler
+from detector.data.sampler import BlockShardSampler, EpochSampler
 from detector.plots.batches import plot_images
 from detector.plots.labels import plot_labels
 from detector.train import build_datamodule
@@ -72,7 +72,8 @@ def test_datamodule_builds_loaders_with_the_right_shapes(data_yaml, tmp_path):
     assert targets.shape[1] == 6 and len(targets) > 0 and set(targets[:, 0].tolist()) <= {0, 1, 2, 3}
     assert len(paths) == 4 and all(s is None for s in infos)  # scratch-low: mosaic always
     val = dm.val_dataloader()
-    assert val.batch_size == 6 and not val.sampler.shuffle  # 2 x 4, capped at the 6 val images
+    assert val.batch_size == 6 and isinstance(val.sampler, BlockShardSampler)  # 2 x 4, capped at the 6 val images
+    assert val.sampler.indices == list(range(6))  # one process: every image, in order
     vimgs, vtargets, _, vinfos = next(iter(val))
     assert vimgs.shape[0] == 6 and vimgs.shape[2] % 32 == 0 and vimgs.shape[3] % 32 == 0
     assert max(vimgs.shape[2:]) == 96  # long side 64 -> ceil(64 / 32 + 0.5) * 32
@@ -240,3 +241,19 @@ def test_prepare_data_keeps_no_state_and_setup_reloads_quietly(data_yaml, tmp_pa
         dm.setup("fit")
         assert len([r for r in caplog.records if "images" in r.getMessage()]) == reports  # no second report
     assert len(dm.train_dataset) == 10
+
+
+@pytest.mark.parametrize("n,batch,world", [(10, 2, 2), (11, 3, 2), (7, 2, 3), (3, 4, 2), (16, 4, 4)])
+def test_block_shards_cover_every_image_once_in_whole_batches(n, batch, world):
+    shards = [BlockShardSampler(n, batch=batch, rank=r, world_size=world) for r in range(world)]
+    every = sorted(i for s in shards for i, _ in s)
+    assert every == list(range(n))  # no repeats, no padding
+    for r, s in enumerate(shards):
+        for k in range(0, len(s), batch):  # each rank's k-th batch lies in group k of batch * world images
+            block = s.indices[k : k + batch]
+            group = k // batch
+            assert all(group * batch * world <= i < (group + 1) * batch * world for i in block)
+            assert block[0] == group * batch * world + r * batch
+    # sorting by (batch index, rank, position) restores the dataset order
+    keyed = [((k // batch, r, k % batch), i) for r, s in enumerate(shards) for k, i in enumerate(s.indices)]
+    assert [i for _, i in sorted(keyed)] == list(range(n))

@@ -178,6 +178,17 @@ def fitness(metrics: Mapping[str, float]) -> float:
     return float(sum(w * float(metrics[k]) for k, w in FITNESS_WEIGHTS.items()))
 
 
+@dataclass(frozen=True)
+class ImageRecord:
+    """One validated image: its order key, ``(n, 10)`` true positives, ``(n, 6)`` detections, ``(m, 5)`` labels."""
+
+    key: tuple
+    tp: np.ndarray
+    det: np.ndarray
+    labels: np.ndarray
+    coco: bool  # counted in COCO mAP (the evaluator's coco_active when it was added)
+
+
 class DetectionEvaluator:
     """Accumulates per-image detections and labels; computes YOLOv5 metrics and (optionally) COCO mAP.
 
@@ -223,45 +234,48 @@ class DetectionEvaluator:
 
     def reset(self) -> None:
         """Forget everything seen so far."""
-        self._tp: list[np.ndarray] = []
-        self._conf: list[np.ndarray] = []
-        self._pred_cls: list[np.ndarray] = []
-        self._target_cls: list[np.ndarray] = []
-        self._images_per_class = np.zeros(self.nc, dtype=np.int64)
-        self._n_images = 0
-        if self._coco is not None:
-            self._coco.reset()
+        self._records: list[ImageRecord] = []
 
-    def update(self, preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> None:
-        """Add a batch: per image ``(n, 6)`` detections and ``(m, 5)`` ``[cls, x1, y1, x2, y2]`` labels."""
+    def update(
+        self, preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], keys: Sequence[tuple] | None = None
+    ) -> None:
+        """Add a batch: per image ``(n, 6)`` detections and ``(m, 5)`` ``[cls, x1, y1, x2, y2]`` labels.
+
+        ``keys`` (one sortable tuple per image) give the images' order for :meth:`compute`; by default the order
+        of the calls. Under DDP each rank passes keys that restore the dataset order once gathered."""
         if len(preds) != len(targets):
             raise ValueError(f"update got {len(preds)} prediction tensors but {len(targets)} label tensors")
-        coco_preds, coco_targets = [], []
-        for det, lab in zip(preds, targets, strict=True):
+        if keys is not None and len(keys) != len(preds):
+            raise ValueError(f"update got {len(keys)} keys for {len(preds)} images")
+        for j, (det, lab) in enumerate(zip(preds, targets, strict=True)):
             det = det.detach().float().cpu().reshape(-1, 6)
             lab = lab.detach().float().cpu().reshape(-1, 5)
             lab_cls = lab[:, 0].long()
             if lab_cls.numel() and (lab_cls.min() < 0 or lab_cls.max() >= self.nc):
                 raise ValueError(f"label class out of range [0, {self.nc}): {lab_cls.unique().tolist()}")
-            self._tp.append(match_predictions(det, lab, self.iouv).numpy())
-            self._conf.append(det[:, 4].numpy())
-            self._pred_cls.append(det[:, 5].numpy())
-            self._target_cls.append(lab[:, 0].numpy())
-            self._images_per_class[np.unique(lab_cls.numpy())] += 1
-            self._n_images += 1
-            if self.coco_active:
-                coco_preds.append({"boxes": det[:, :4], "scores": det[:, 4], "labels": det[:, 5].long()})
-                coco_targets.append({"boxes": lab[:, 1:5], "labels": lab_cls})
-        if self.coco_active and coco_preds:
-            self._coco.update(coco_preds, coco_targets)
+            key = tuple(keys[j]) if keys is not None else (len(self._records),)
+            tp = match_predictions(det, lab, self.iouv).numpy()
+            self._records.append(ImageRecord(key, tp, det.numpy(), lab.numpy(), self.coco_active))
+
+    def records(self) -> list[ImageRecord]:
+        """What :meth:`update` has stored (plain numpy, picklable): gather these across ranks."""
+        return list(self._records)
+
+    def replace_records(self, records: Sequence[ImageRecord]) -> None:
+        """Evaluate these records instead (e.g. every rank's, gathered)."""
+        self._records = list(records)
 
     def compute(self) -> dict:
-        """Metrics over everything seen; zeros when there were no labels."""
+        """Metrics over everything seen, images in key order; zeros when there were no labels."""
         nt = len(self.iouv)
-        tp = np.concatenate(self._tp, 0) if self._tp else np.zeros((0, nt), dtype=bool)
-        conf = np.concatenate(self._conf) if self._conf else np.zeros(0)
-        pred_cls = np.concatenate(self._pred_cls) if self._pred_cls else np.zeros(0)
-        target_cls = np.concatenate(self._target_cls) if self._target_cls else np.zeros(0)
+        records = sorted(self._records, key=lambda r: r.key)
+        tp = np.concatenate([r.tp for r in records], 0) if records else np.zeros((0, nt), dtype=bool)
+        conf = np.concatenate([r.det[:, 4] for r in records]) if records else np.zeros(0)
+        pred_cls = np.concatenate([r.det[:, 5] for r in records]) if records else np.zeros(0)
+        target_cls = np.concatenate([r.labels[:, 0] for r in records]) if records else np.zeros(0)
+        images_per_class = np.zeros(self.nc, dtype=np.int64)
+        for r in records:
+            images_per_class[np.unique(r.labels[:, 0].astype(np.int64))] += 1
         res = ap_per_class(tp, conf, pred_cls, target_cls, method=self.ap_method)
         has_classes = len(res.classes) > 0
         map50 = float(res.ap[:, 0].mean()) if has_classes else 0.0
@@ -279,14 +293,24 @@ class DetectionEvaluator:
             "p_per_class": res.p,
             "r_per_class": res.r,
             "labels_per_class": res.n_labels,
-            "images_per_class": self._images_per_class[res.classes],
+            "images_per_class": images_per_class[res.classes],
             "maps": maps,
-            "n_images": self._n_images,
+            "n_images": len(records),
             "n_labels": len(target_cls),
             "ap_result": res,
         }
         if self.coco_active:
-            coco = self._coco.compute() if len(target_cls) else {"map": torch.tensor(0.0), "map_50": torch.tensor(0.0)}
+            coco = {"map": torch.tensor(0.0), "map_50": torch.tensor(0.0)}
+            coco_records = [r for r in records if r.coco]
+            if len(target_cls) and coco_records:
+                self._coco.reset()
+                self._coco.update(
+                    [{"boxes": torch.from_numpy(r.det[:, :4]), "scores": torch.from_numpy(r.det[:, 4]),
+                      "labels": torch.from_numpy(r.det[:, 5]).long()} for r in coco_records],
+                    [{"boxes": torch.from_numpy(r.labels[:, 1:5]), "labels": torch.from_numpy(r.labels[:, 0]).long()}
+                     for r in coco_records],
+                )  # fmt: skip
+                coco = self._coco.compute()
             out["coco/mAP"] = _valid_or_zero(coco["map"])
             out["coco/mAP_50"] = _valid_or_zero(coco["map_50"])
         return out

@@ -70,8 +70,7 @@ class DetectorModule(L.LightningModule):
         self.bad_steps = 0  # consecutive batches whose loss was not finite
         self._choice: OptimizerChoice | None = None  # set by configure_optimizers (optimizer=auto resolves there)
         self._schedule: TrainingSchedule | None = None
-        self._val_loss = torch.zeros(3)
-        self._val_batches = 0
+        self._val_losses: list[tuple[int, int, int, torch.Tensor]] = []  # (batch, rank, images, box/obj/cls)
         self.last_loss_items = torch.zeros(3)
         self.last_grad_norm = torch.zeros(())  # L2 norm of the gradients before the last clipping
 
@@ -162,7 +161,8 @@ class DetectorModule(L.LightningModule):
             self.last_opt_step = ni
         bs = imgs.shape[0]
         for name, value in zip(LOSS_NAMES, items, strict=True):
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs)
+            # the epoch mean over every rank's batches (one all-reduce per epoch; YOLOv5 logs rank 0's alone)
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         self.log("loss", items.sum(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
         step_metrics = {f"lr/pg{j}": lr for j, lr in enumerate(values.lrs)}
         self.log_dict({**step_metrics, "momentum": values.momentum, "accumulate": float(values.accumulate)},
@@ -209,16 +209,15 @@ class DetectorModule(L.LightningModule):
         last_epoch = self.current_epoch + 1 >= self.hparams.epochs
         self.evaluator.coco_active = coco == "always" or (coco == "final" and (last_epoch or not fitting))
         self.evaluator.reset()
-        self._val_loss = torch.zeros(3)
-        self._val_batches = 0
+        self._val_losses: list[tuple[int, int, int, torch.Tensor]] = []  # (batch, rank, images, box/obj/cls)
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         imgs, targets, _paths, infos = batch
         imgs = (imgs.float() / 255).to(self.dtype)
         height, width = imgs.shape[2:]
         decoded, raw = self.model(imgs)
-        self._val_loss += self.loss_fn(raw, targets)[1].cpu()
-        self._val_batches += 1
+        loss = self.loss_fn(raw, targets)[1].cpu().double()
+        self._val_losses.append((batch_idx, self.global_rank, len(imgs), loss))
         dets = non_max_suppression(
             decoded,
             conf_thres=self.val_cfg["conf_thres"],
@@ -239,9 +238,20 @@ class DetectorModule(L.LightningModule):
                 scale_boxes((height, width), boxes, infos[i][0], infos[i][1])
             preds.append(det.cpu())
             labels.append(torch.cat([lab[:, :1], boxes], 1).cpu())
-        self.evaluator.update(preds, labels)
+        self.evaluator.update(preds, labels, keys=[(batch_idx, self.global_rank, j) for j in range(len(preds))])
+
+    def _gather_validation(self) -> None:
+        """Under DDP every rank validated its own blocks (BlockShardSampler): gather every rank's images and batch
+        losses, so that each rank computes the metrics of the whole set, in a 1-process run's image order."""
+        if self.trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            return
+        every = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(every, (self.evaluator.records(), self._val_losses))
+        self.evaluator.replace_records([r for records, _ in every for r in records])
+        self._val_losses = [item for _, losses in every for item in losses]
 
     def on_validation_epoch_end(self) -> None:
+        self._gather_validation()
         results = self.evaluator.compute()
         metrics = {
             "metrics/precision": results["precision"],
@@ -252,7 +262,7 @@ class DetectorModule(L.LightningModule):
         if "coco/mAP" in results:
             metrics["metrics/coco_mAP"] = results["coco/mAP"]
             metrics["metrics/coco_mAP_0.5"] = results["coco/mAP_50"]
-        val_loss = self._val_loss / max(self._val_batches, 1)
+        val_loss = mean_batch_loss(self._val_losses)
         for name, value in zip(LOSS_NAMES, val_loss.tolist(), strict=True):
             metrics[f"val/{name}"] = value
         metrics["fitness"] = fitness(results)
@@ -265,3 +275,25 @@ class DetectorModule(L.LightningModule):
     # ---------------------------------------------------------------------------------------------------- inference
     def forward(self, imgs: torch.Tensor) -> Any:
         return self.model(imgs)
+
+
+def mean_batch_loss(losses: list[tuple[int, int, int, torch.Tensor]]) -> torch.Tensor:
+    """YOLOv5's validation loss, the mean over batches of each batch's loss, from ``(batch, rank, images, loss)``.
+
+    Under DDP the ranks' k-th batches together are a 1-process run's k-th batch (BlockShardSampler); their losses
+    are averaged weighted by images, which approximates that batch's loss (box and class losses are means over
+    matched targets, so the split is not exact). With one rank this is YOLOv5's mean exactly."""
+    if not losses:
+        return torch.zeros(3)
+    groups: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
+    for batch, rank, images, loss in losses:
+        groups.setdefault(batch, []).append((rank, images, loss))
+    means = []
+    for batch in sorted(groups):
+        parts = sorted(groups[batch], key=lambda part: part[0])
+        if len(parts) == 1:
+            means.append(parts[0][2])
+            continue
+        total = sum(images for _, images, _ in parts)
+        means.append(sum(loss * images for _, images, loss in parts) / max(total, 1))
+    return (torch.stack(means).sum(0) / len(means)).float()

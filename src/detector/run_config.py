@@ -73,6 +73,10 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"{key}={cfg[key]}: must be a positive integer")
     if int(cfg.workers) < 0:
         raise ConfigError(f"workers={cfg.workers}: must be >= 0")
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    on_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if cfg.trainer.get("sync_batchnorm") and not on_cuda:
+        raise ConfigError("trainer.sync_batchnorm=true needs CUDA devices: torch's SyncBatchNorm is GPU-only")
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and int(max_epochs) != int(cfg.epochs):
         raise ConfigError(

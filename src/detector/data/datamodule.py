@@ -11,13 +11,13 @@ from typing import Any
 import cv2
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from detector.data.albumentations_extras import AlbumentationsExtras
 from detector.data.config import DataConfig, img2label_paths, list_image_files
 from detector.data.dataset import YoloDataset
 from detector.data.labels import LabelSet, default_cache_path, load_labels
-from detector.data.sampler import EpochSampler
+from detector.data.sampler import BlockShardSampler, EpochSampler
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ class DetectorDataModule(L.LightningDataModule):
         if self.train_dataset is None and stage in (None, "fit"):
             self.train_dataset = self._build("train", rank, augment=True, batch=self._train_batch * world)
         if self.val_dataset is None:
-            self.val_dataset = self._build("val", rank, augment=False, batch=self._val_batch)
+            # rect shapes per group of every rank's val batch: the shapes of a 1-process run (BlockShardSampler)
+            self.val_dataset = self._build("val", rank, augment=False, batch=self._val_batch * world)
 
     def _build(self, split: str, rank: int, augment: bool, batch: int) -> YoloDataset:
         labels = self._labels(split)
@@ -166,16 +167,17 @@ class DetectorDataModule(L.LightningDataModule):
         return Path(str(Path(ls.label_files[0]).parent) + ".npy-cache")
 
     def _loader(self, dataset: YoloDataset, batch: int, workers: int, shuffle: bool, rank: int, world: int,
-                epoch: int = 0):  # fmt: skip
+                epoch: int = 0, sampler: Sampler | None = None):  # fmt: skip
         batch = min(batch, len(dataset))
         _, _, devices = self._world()
         nw = min((os.cpu_count() or 1) // devices, batch if batch > 1 else 0, workers)
+        if sampler is None:
+            sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
+                                   epoch=epoch)  # fmt: skip
         return DataLoader(
             dataset,
             batch_size=batch,
-            sampler=EpochSampler(
-                len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world, epoch=epoch
-            ),  # fmt: skip
+            sampler=sampler,
             num_workers=nw,
             pin_memory=torch.cuda.is_available(),
             collate_fn=YoloDataset.collate_fn,
@@ -197,5 +199,8 @@ class DetectorDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:
             self.setup("validate")
-        # every rank validates the whole set (YOLOv5 validates on rank 0 only)
-        return self._loader(self.val_dataset, self._val_batch, self.workers * 2, False, 0, 1)
+        # Each rank validates its own blocks of the set; the module gathers the results (YOLOv5: rank 0 alone).
+        world, rank, _ = self._world()
+        batch = min(self._val_batch, len(self.val_dataset))
+        sampler = BlockShardSampler(len(self.val_dataset), batch=batch, rank=rank, world_size=world)
+        return self._loader(self.val_dataset, batch, self.workers * 2, False, rank, world, sampler=sampler)

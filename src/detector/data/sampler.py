@@ -48,3 +48,31 @@ class EpochSampler(Sampler[tuple[int, int]]):
             indices += fill
         epoch = self.epoch
         return iter([(i, epoch) for i in indices[self.rank :: self.world_size]])
+
+
+class BlockShardSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, 0)`` for this rank's share of ``range(n)`` in order, without padding or repeats.
+
+    ``range(n)`` is cut into groups of ``batch * world_size`` (a rect dataset's batch-shape groups when it was built
+    with that batch), and rank r takes the r-th block of ``batch`` of each group. So each rank's k-th batch lies in
+    group k, every image gets the letterbox shape a 1-process run with batch ``batch * world_size`` gives it, and
+    sorting by (k, rank, position) restores the dataset order. Ranks may get different numbers of batches."""
+
+    def __init__(self, n: int, *, batch: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.n, self.batch, self.rank, self.world_size = n, batch, rank, world_size
+        self.indices = [
+            i for start in range(rank * batch, n, batch * world_size) for i in range(start, min(start + batch, n))
+        ]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Validation order does not depend on the epoch."""
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(i, 0) for i in self.indices])
