@@ -243,6 +243,22 @@ def test_prepare_data_keeps_no_state_and_setup_reloads_quietly(data_yaml, tmp_pa
     assert len(dm.train_dataset) == 10
 
 
+def test_a_small_val_set_gives_every_rank_a_batch(data_yaml, tmp_path):
+    dm = make_dm(data_yaml, tmp_path)
+    dm.setup("fit")  # one process: val batch 8 (2 x 4), all 6 images in one rect group
+    assert set(dm.val_dataset.batch_index.tolist()) == {0}
+    shards = []
+    for rank in range(4):  # 4 ranks: per-rank blocks of 8 / 4 = 2 would leave rank 3 nothing; blocks of 1 do not
+        dm._world = lambda rank=rank: (4, rank, 4)
+        val = dm.val_dataloader()
+        assert val.batch_size == 1 and len(val.sampler) >= 1
+        shards.append(val.sampler.indices)
+    assert shards == [[0, 4], [1, 5], [2], [3]]
+    dm._world = lambda: (7, 0, 7)
+    with pytest.raises(ValueError, match="6 images for 7 processes"):
+        dm.val_dataloader()
+
+
 @pytest.mark.parametrize("n,batch,world", [(10, 2, 2), (11, 3, 2), (7, 2, 3), (3, 4, 2), (16, 4, 4)])
 def test_block_shards_cover_every_image_once_in_whole_batches(n, batch, world):
     shards = [BlockShardSampler(n, batch=batch, rank=r, world_size=world) for r in range(world)]

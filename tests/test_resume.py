@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from callbacks.results_csv import read_results
 from detector.data.shapes import ensure_shapes_dataset
-from detector.resume import CONFIG_KEY, ResumeRefused
+from detector.resume import CONFIG_KEY, ResumeRefused, restore_config
 from detector.train import run
+from tests.helpers import compose_train
 from tests.test_train_e2e import tiny_cfg
 
 TIMEOUT = 600
@@ -92,3 +94,12 @@ def test_resume_refuses_a_changed_setting_by_name_and_takes_allowed_ones(tiny_da
     config = (tmp_path / "b" / "config.yaml").read_text()
     assert "epochs: 2\n" in config and "workers: 1\n" in config and "autoanchor: false\n" in config
     assert [int(r["epoch"]) for r in read_results(tmp_path / "b" / "results.csv")] == [1]
+
+
+def test_a_checkpoint_config_without_a_newer_setting_takes_its_default(tmp_path):
+    cfg = compose_train([f"run_dir={tmp_path}", "epochs=7"])
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    del stored["ddp_timeout"], stored["amp_check"]  # written before these settings existed
+    restored = restore_config(cfg, stored, [])
+    assert restored.ddp_timeout == cfg.ddp_timeout and restored.amp_check == cfg.amp_check
+    assert restored.epochs == 7

@@ -80,6 +80,17 @@ def test_run_folder_is_the_resumed_runs_own_or_a_new_one(tmp_path):
     assert run_folder(str(loose), str(runs), "stamp") == f"{runs}/stamp"  # not in a run folder: a new run
 
 
+def test_ranks_started_by_srun_share_one_folder(tmp_path):
+    env = {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "8812", "SLURM_STEP_ID": "0"}
+    folders = {
+        run_folder(None, str(tmp_path), f"stamp-{rank}", {**env, "SLURM_PROCID": str(rank)}) for rank in range(4)
+    }
+    assert folders == {f"{tmp_path}/slurm-8812.0"}  # not each task's own clock
+    assert (
+        run_folder(None, str(tmp_path), "stamp", {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "8812"}) == f"{tmp_path}/stamp"
+    )
+
+
 def test_a_killed_holder_frees_the_lock(tmp_path):
     proc = hold(tmp_path)
     proc.kill()

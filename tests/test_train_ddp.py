@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -52,3 +55,16 @@ def test_two_processes_train_like_one_with_the_same_total_batch(tiny_data, tmp_p
         a, b = (torch.cat([c[name][k].float().flatten() for k in c[name] if c[name][k].is_floating_point()])
                 for c in (ck_one, ck_two))  # fmt: skip
         assert float((a - b).norm() / a.norm()) < 0.05, name  # measured 0.016: BatchNorm sees half batches per rank
+
+
+def test_torchrun_ranks_share_one_run_folder(tiny_data, tmp_path):
+    """YOLOv5's documented launch: torchrun starts every rank, and rank 0 publishes the run folder in its store."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "detector.train",
+         f"data={tiny_data}", "name=trun", *SETTINGS[1:], "epochs=1", "trainer.devices=2", "trainer.strategy=ddp"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run(tmp_path, "trun")  # one folder for both ranks
+    assert [r["epoch"] for r in read_results(run / "results.csv")] == [0]
+    assert (run / "weights" / "last.ckpt").is_file()

@@ -67,6 +67,11 @@ def restore_config(cfg: DictConfig, stored: dict[str, Any], overrides: Iterable[
     """The stored config, with the allowed overrides applied from ``cfg``; other changed overrides are refused."""
     may_differ = list(cfg.get("resume_may_differ") or [])
     old = OmegaConf.create(_rebase(stored, str(stored.get("run_dir")), str(cfg.run_dir)))
+    newer = [key for key in cfg if key not in old]
+    for key in newer:  # settings added since the checkpoint was written: their defaults
+        old[key] = cfg[key]
+    if newer:
+        log.info("The checkpoint's config predates %s: using their defaults", ", ".join(map(str, newer)))
     refused, taken = [], []
     for key in override_keys(overrides):
         now, before = _value(cfg, key), _value(old, key)

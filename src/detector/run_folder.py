@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -103,15 +104,42 @@ def resolve_checkpoint(ckpt_path: str | None, runs_root: str | Path, own_run: Pa
     return path
 
 
-def run_folder(ckpt_path: str | None, runs_root: str, stamp: str) -> str:
+def run_folder(ckpt_path: str | None, runs_root: str, stamp: str, env: Mapping[str, str] | None = None) -> str:
     """``hydra.run.dir``: the resumed run's own folder, else a new ``runs_root/stamp`` (also when the checkpoint
-    cannot be resumed: the run then stops with the reason, a message instead of a traceback from config setup)."""
+    cannot be resumed: the run then stops with the reason, a message instead of a traceback from config setup).
+
+    When a launcher started every rank (torchrun, srun), the ranks must agree on one folder: under torchrun rank 0
+    decides and publishes it in the launcher's store; under SLURM the stamp is the job and step id."""
+    env = os.environ if env is None else env
+    store = _launcher_store(env)
+    key = f"detector/run_dir/{env.get('TORCHELASTIC_RUN_ID')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if store is not None and int(env.get("RANK", 0)) > 0:
+        return store.get(key).decode()
+    if store is None and int(env.get("SLURM_NTASKS", 1)) > 1 and "SLURM_JOB_ID" in env:
+        stamp = f"slurm-{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', 0)}"
     try:
         ckpt = resolve_checkpoint(ckpt_path, runs_root)
     except RunFolderError:
         ckpt = None
     run_dir = checkpoint_run_dir(ckpt) if ckpt is not None else None
-    return str(run_dir) if run_dir is not None else f"{runs_root}/{stamp}"
+    folder = str(run_dir) if run_dir is not None else f"{runs_root}/{stamp}"
+    if store is not None:
+        store.set(key, folder)
+    return folder
+
+
+def _launcher_store(env: Mapping[str, str]):
+    """torchrun's agent store (a TCPStore client), when torchrun started this process among others; else None."""
+    if "TORCHELASTIC_RUN_ID" not in env or int(env.get("WORLD_SIZE", 1)) <= 1:
+        return None
+    if env.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+        return None  # no store runs before init_process_group; the ranks may then pick different folders
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    # rank 0 may spend minutes before it decides (a dataset scan in config setup is not one, but be generous)
+    return TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=30))
 
 
 def register_resolver() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd, instantiate
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -121,9 +123,7 @@ def _finished_run(ckpt: Path | None, state: dict[str, Any] | None, epochs: int) 
 
 def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
     started = time.time()
-    amp_settings = OmegaConf.select(cfg, "amp_check")  # None in the config of a checkpoint from before the check
-    if amp_settings is not None:
-        cfg.trainer.precision = checked_precision(str(cfg.trainer.precision), cfg.trainer, amp_settings)
+    cfg.trainer.precision = checked_precision(str(cfg.trainer.precision), cfg.trainer, cfg.amp_check)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
 
@@ -134,6 +134,7 @@ def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     plugins = _plugins(trainer_kwargs.pop("plugins", None))
+    trainer_kwargs["strategy"] = _strategy(trainer_kwargs.get("strategy", "auto"), float(cfg.ddp_timeout))
     trainer = L.Trainer(
         **trainer_kwargs,
         callbacks=[
@@ -160,6 +161,14 @@ def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
                                "started": started, "finished": time.time()})  # fmt: skip
     log.info("Results saved to %s (best fitness %.4f)", run_dir, best_fitness)
     return best_fitness
+
+
+def _strategy(strategy: Any, timeout_s: float) -> Any:
+    """``ddp`` with a process-group timeout long enough for rank 0's one-off work (label caching, AutoAnchor) while
+    the other ranks wait at a barrier; Lightning's default is 30 min, YOLOv5's 3 h. Other strategies as given."""
+    if strategy == "ddp":
+        return DDPStrategy(timeout=timedelta(seconds=timeout_s))
+    return strategy
 
 
 def _plugins(configured: Any) -> list:

@@ -201,6 +201,11 @@ class DetectorDataModule(L.LightningDataModule):
             self.setup("validate")
         # Each rank validates its own blocks of the set; the module gathers the results (YOLOv5: rank 0 alone).
         world, rank, _ = self._world()
-        batch = min(self._val_batch, len(self.val_dataset))
-        sampler = BlockShardSampler(len(self.val_dataset), batch=batch, rank=rank, world_size=world)
+        n = len(self.val_dataset)
+        if n < world:
+            raise ValueError(f"the validation set has {n} images for {world} processes: every rank needs one")
+        # Every rank must get a batch (a rank without one would skip validation and the gathering). A set smaller
+        # than one rect group of every rank's val batch is one group, so smaller blocks keep its shapes.
+        batch = min(self._val_batch, n // world)
+        sampler = BlockShardSampler(n, batch=batch, rank=rank, world_size=world)
         return self._loader(self.val_dataset, batch, self.workers * 2, False, rank, world, sampler=sampler)
