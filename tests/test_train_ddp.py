@@ -57,6 +57,7 @@ def test_two_processes_train_like_one_with_the_same_total_batch(tiny_data, tmp_p
         assert float((a - b).norm() / a.norm()) < 0.05, name  # measured 0.016: BatchNorm sees half batches per rank
 
 
+@pytest.mark.slow  # 23 s; make test-all
 def test_torchrun_ranks_share_one_run_folder(tiny_data, tmp_path):
     """YOLOv5's documented launch: torchrun starts every rank, and rank 0 publishes the run folder in its store."""
     proc = subprocess.run(
