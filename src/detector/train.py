@@ -182,7 +182,8 @@ def _plugins(configured: Any) -> list:
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     if in_multirun():  # every -m job trains as its own process (detector/evolve/trial.py says why)
-        return run_in_child(OmegaConf.to_container(cfg.trainer, resolve=True), cfg.trial_timeout, cfg.trial_preload)
+        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+        return run_in_child(trainer, cfg.trial_timeout, cfg.trial_preload, cfg.trial_pin_gpus)
     return run(cfg)
 
 

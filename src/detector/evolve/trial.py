@@ -85,16 +85,46 @@ def single_process(trainer: Mapping[str, Any]) -> bool:
     return one and int(trainer.get("num_nodes", 1)) == 1 and "ddp" not in strategy
 
 
-def run_in_child(trainer: Mapping[str, Any], timeout_s: float | None, preload: bool) -> float:
-    """Run this multirun job as its own process; returns the fitness it reports, raises TrialFailed."""
+def visible_gpus(env: Mapping[str, str]) -> list[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every GPU torch counts."""
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return [d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def job_gpus(job_num: int, trainer: Mapping[str, Any], visible: list[str]) -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` for sweep job ``job_num``: its own ``devices`` GPUs, round robin over the visible
+    ones, so that jobs a parallel launcher runs side by side (joblib) do not all train on the first GPU. None (leave
+    the environment alone) for CPU training, explicit device lists, ``devices=-1``/``auto``, or no GPU."""
+    accelerator, devices = str(trainer.get("accelerator", "auto")), trainer.get("devices", "auto")
+    if accelerator not in ("auto", "gpu", "cuda") or not visible:
+        return None
+    try:
+        count = int(devices)
+    except (TypeError, ValueError):  # a list of indices or "auto"
+        return None
+    if count < 1 or count >= len(visible):
+        return None
+    start = (job_num * count) % len(visible)
+    return ",".join(visible[(start + i) % len(visible)] for i in range(count))
+
+
+def run_in_child(trainer: Mapping[str, Any], timeout_s: float | None, preload: bool, pin_gpus: bool = True) -> float:
+    """Run this multirun job as its own process; returns the fitness it reports, raises TrialFailed.
+
+    With ``pin_gpus`` the child sees only its own GPUs (:func:`job_gpus`)."""
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     (out / RESULT_FILE).unlink(missing_ok=True)
     args = child_args(hc)
     warm = preload and single_process(trainer)
-    log.info("job %s (%s process): python -m detector.train %s", hc.job.num, "preloaded" if warm else "new",
-             " ".join(args))  # fmt: skip
-    child = _Preloaded(args, hc.runtime.cwd) if warm else _Fresh(args, hc.runtime.cwd)
+    gpus = job_gpus(int(hc.job.num), trainer, visible_gpus(os.environ)) if pin_gpus else None
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else None
+    log.info("job %s (%s process%s): python -m detector.train %s", hc.job.num, "preloaded" if warm else "new",
+             f", GPUs {gpus}" if gpus is not None else "", " ".join(args))  # fmt: skip
+    child = _Preloaded(args, hc.runtime.cwd, env) if warm else _Fresh(args, hc.runtime.cwd, env)
     (out / PID_FILE).write_text(f"{child.proc.pid}\n")
     try:
         rc = child.wait(timeout_s)
@@ -115,9 +145,9 @@ def run_in_child(trainer: Mapping[str, Any], timeout_s: float | None, preload: b
 class _Fresh:
     """``python -m detector.train ARGS`` in its own session; its stderr is copied through and its tail kept."""
 
-    def __init__(self, args: list[str], cwd: str) -> None:
+    def __init__(self, args: list[str], cwd: str, env: Mapping[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "detector.train", *args]
-        self.proc = subprocess.Popen(cmd, cwd=cwd, preexec_fn=_own_session, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, preexec_fn=_own_session, stderr=subprocess.PIPE, env=env)
         self.tail = _Tail(self.proc.stderr)
         self.tail.start()
 
@@ -139,8 +169,8 @@ class _Fresh:
 class _Preloaded:
     """The same run forked from the preloaded forkserver (its output goes straight to the sweep's console)."""
 
-    def __init__(self, args: list[str], cwd: str) -> None:
-        self.proc = _forkserver().Process(target=_preloaded_main, args=(args, cwd), daemon=False)
+    def __init__(self, args: list[str], cwd: str, env: Mapping[str, str] | None = None) -> None:
+        self.proc = _forkserver().Process(target=_preloaded_main, args=(args, cwd, env), daemon=False)
         self.proc.start()
 
     def wait(self, timeout_s: float | None) -> int | None:
@@ -164,9 +194,12 @@ def _forkserver() -> Any:
     return ctx
 
 
-def _preloaded_main(args: list[str], cwd: str) -> None:
+def _preloaded_main(args: list[str], cwd: str, env: Mapping[str, str] | None = None) -> None:
     """In the forked child: a single run of ``python -m detector.train ARGS`` (Hydra reads sys.argv)."""
     _own_session()
+    if env is not None:  # before anything initialises CUDA (the forkserver imported torch but never used a GPU)
+        os.environ.clear()
+        os.environ.update(env)
     multiprocessing.set_start_method(None, force=True)  # the platform default again, as in a new python
     os.chdir(cwd)
     sys.argv = ["detector.train", *args]
