@@ -22,6 +22,7 @@ from torchvision.ops import box_iou
 
 from detector.models import DetectionModel
 from detector.nms import non_max_suppression
+from detector.run_config import trains_on_cuda
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,7 @@ DECISION_ENV = "DETECTOR_AMP_DECISION"
 
 def training_device(trainer_cfg: Mapping[str, Any], local_rank: int = 0) -> torch.device:
     """The device this process will train on, from the trainer config (CUDA when asked for or ``auto``)."""
-    accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+    if trains_on_cuda(trainer_cfg):
         devices = trainer_cfg.get("devices", "auto")
         index = list(devices)[local_rank] if isinstance(devices, list | tuple) else local_rank
         return torch.device("cuda", int(index))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -52,14 +54,17 @@ def load_hyp_file(path: str | Path, hyp: DictConfig) -> DictConfig:
     return OmegaConf.merge(hyp, values)
 
 
+def trains_on_cuda(trainer_cfg: Mapping[str, Any]) -> bool:
+    """Whether a Trainer config trains on CUDA: a CUDA device is there and the accelerator asks for it or is auto."""
+    return torch.cuda.is_available() and str(trainer_cfg.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+
+
 def resolve_precision(trainer_cfg: DictConfig) -> str:
     """``auto`` means AMP (16-mixed) when training on CUDA, else full precision."""
     precision = str(trainer_cfg.get("precision", "auto"))
     if precision != "auto":
         return precision
-    accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    on_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    return "16-mixed" if on_cuda else "32-true"
+    return "16-mixed" if trains_on_cuda(trainer_cfg) else "32-true"
 
 
 def prepare_config(cfg: DictConfig) -> DictConfig:
@@ -73,9 +78,7 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"{key}={cfg[key]}: must be a positive integer")
     if int(cfg.workers) < 0:
         raise ConfigError(f"workers={cfg.workers}: must be >= 0")
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    on_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    if cfg.trainer.get("sync_batchnorm") and not on_cuda:
+    if cfg.trainer.get("sync_batchnorm") and not trains_on_cuda(cfg.trainer):
         raise ConfigError("trainer.sync_batchnorm=true needs CUDA devices: torch's SyncBatchNorm is GPU-only")
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and int(max_epochs) != int(cfg.epochs):
