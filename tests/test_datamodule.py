@@ -107,6 +107,38 @@ def test_datamodule_disk_cache_goes_beside_the_labels(data_yaml, tmp_path):
     assert not list((data_yaml.parent / "images").rglob("*.npy"))
 
 
+class FakeStrategy:
+    """Records the collectives of one rank; broadcast returns a fixed token."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def broadcast(self, obj, src=0):
+        self.calls.append("broadcast")
+        return "tok"
+
+    def barrier(self, name=None):
+        self.calls.append(name)
+
+
+@pytest.mark.parametrize("local_rank", [0, 1])
+def test_shared_ram_cache_reaches_every_barrier_when_building_fails(data_yaml, tmp_path, local_rank, monkeypatch):
+    from types import SimpleNamespace
+
+    dm = make_dm(data_yaml, tmp_path, cache="ram")
+    strategy = FakeStrategy()
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=local_rank, local_rank=local_rank, num_devices=2,
+                                 strategy=strategy)  # fmt: skip
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bad split")
+
+    monkeypatch.setattr(dm, "_build", broken)
+    with pytest.raises(RuntimeError, match="bad split"):
+        dm.setup("fit")  # a rank that raised before the barriers would leave the others waiting for hours
+    assert strategy.calls == ["broadcast", "shared_ram_written", "shared_ram_mapped"]
+
+
 @pytest.mark.parametrize("n,world", [(10, 2), (11, 2), (7, 3)])
 def test_sampler_shards_cover_all_indices(n, world):
     for shuffle in (True, False):

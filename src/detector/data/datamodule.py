@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from detector.data.config import DataConfig, img2label_paths, list_image_files
 from detector.data.dataset import YoloDataset
 from detector.data.labels import LabelSet, default_cache_path, load_labels
 from detector.data.sampler import BlockShardSampler, EpochSampler
+from detector.data.shared_ram import SharedRam, shared_ram_for
 
 log = logging.getLogger(__name__)
 
@@ -132,20 +134,51 @@ class DetectorDataModule(L.LightningDataModule):
             )
         self._train_batch = self.batch_size // world
         self._val_batch = self._train_batch * 2
-        if self.train_dataset is None and stage in (None, "fit"):
-            self.train_dataset = self._build("train", rank, augment=True, batch=self._train_batch * world)
-        if self.val_dataset is None:
-            # rect shapes per group of every rank's val batch: the shapes of a 1-process run (BlockShardSampler)
-            self.val_dataset = self._build("val", rank, augment=False, batch=self._val_batch * world)
+        splits = ["train"] if self.train_dataset is None and stage in (None, "fit") else []
+        splits += ["val"] if self.val_dataset is None else []
+        _, _, devices = self._world()
+        if self.cache != "ram" or devices < 2 or not splits:
+            self._build_splits(splits, rank, {})
+        else:
+            self._build_sharing_ram(splits, rank)
 
-    def _build(self, split: str, rank: int, augment: bool, batch: int) -> YoloDataset:
+    def _build_splits(self, splits: list[str], rank: int, shared: dict[str, SharedRam]) -> None:
+        world = self._world()[0]
+        if "train" in splits:
+            self.train_dataset = self._build("train", rank, True, self._train_batch * world, shared.get("train"))
+        if "val" in splits:
+            # rect shapes per group of every rank's val batch: the shapes of a 1-process run (BlockShardSampler)
+            self.val_dataset = self._build("val", rank, False, self._val_batch * world, shared.get("val"))
+
+    def _build_sharing_ram(self, splits: list[str], rank: int) -> None:
+        """cache=ram with several processes on a node: the node's local rank 0 caches each split in a shared file,
+        then the others map it (shared_ram). Every rank passes both barriers, whatever fails, and then raises."""
+        strategy = self.trainer.strategy
+        token = strategy.broadcast(uuid.uuid4().hex[:16] if rank == 0 else None, src=0)
+        writer = self.trainer.local_rank == 0
+        shared = {split: shared_ram_for(token, split, writer) for split in splits}
+        error: Exception | None = None
+        for turn in (True, False):
+            if writer == turn:
+                try:
+                    self._build_splits(splits, rank, shared)
+                except Exception as e:  # re-raised after the barriers, so that no rank waits for this one
+                    error = e
+            strategy.barrier(f"shared_ram_{'written' if turn else 'mapped'}")
+        if writer:
+            for s in shared.values():
+                s.unlink()  # every local rank has mapped it: the memory lives until the last process ends
+        if error is not None:
+            raise error
+
+    def _build(self, split: str, rank: int, augment: bool, batch: int, shared: SharedRam | None) -> YoloDataset:
         labels = self._labels(split)
         if self.report_dir is not None and rank == 0:  # load_labels has logged the report
             path = labels.report.save(self.report_dir / f"dataset_{split}.txt")
             log.info("%s dataset report saved to %s", split, path)
         common = dict(imgsz=self.imgsz, rendering=self.augment, hyp=self.hyp, stride=self.stride, seed=self.seed,
                       epochs=self.epochs, names=self.names, workers=self.workers, cache=self.cache,
-                      cache_dir=self._npy_cache_dir(labels))  # fmt: skip
+                      cache_dir=self._npy_cache_dir(labels), shared_ram=shared)  # fmt: skip
         if not augment:
             return YoloDataset(
                 labels, batch_size=batch, augment=False, rect=True, pad=self.val_pad, close_mosaic=0, **common

@@ -18,6 +18,7 @@ from detector.data.albumentations_extras import AlbumentationsExtras
 from detector.data.image_cache import ImageLoader, Reader
 from detector.data.recipe import SampleRecipe
 from detector.data.rendering import LetterboxInfo, Rendering
+from detector.data.shared_ram import SharedRam
 from detector.data.source import ImageSource
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ class YoloDataset(Dataset):
 
     The settings the config owns have no defaults here. ``rendering`` is conf/augment's node (see
     rendering.Rendering); the albumentations stage is passed built (``albumentations``), None for none; ``pad`` is
-    the rect batches' padding in strides (YOLOv5: 0 for training, 0.5 for validation).
+    the rect batches' padding in strides (YOLOv5: 0 for training, 0.5 for validation). ``shared_ram``: the node's
+    shared file for ``cache='ram'`` under DDP (see shared_ram).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class YoloDataset(Dataset):
         names: Mapping[int, str] | None = None,
         reader: Reader | None = None,
         threads: int = 0,
+        shared_ram: SharedRam | None = None,
     ):
         self.imgsz = int(imgsz)
         self.augment = bool(augment)
@@ -116,7 +119,8 @@ class YoloDataset(Dataset):
         )  # fmt: skip
         if reader is None:
             from detector.data.images import read_image as reader
-        images = ImageLoader(im_files, self.imgsz, self.augment, reader, cache, cache_dir, workers)
+        images = ImageLoader(im_files, self.imgsz, self.augment, reader, cache, cache_dir, workers, sizes_wh=sizes_wh,
+                             shared=shared_ram)  # fmt: skip
         self.source = ImageSource(
             images, labels, segments, sizes_wh, imgsz=self.imgsz, reduced_decoding=rendering.reduced_decoding
         )

@@ -17,11 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detector.data.shared_ram import LoadedImage, SharedImages, SharedRam, images_key, open_shared, write_shared
+
 log = logging.getLogger(__name__)
 
 # reader(path, reduce) -> BGR image decoded at 1/reduce of its size (reduce 1, 2, 4 or 8), None if unreadable
 Reader = Callable[[str, int], "np.ndarray | None"]
-LoadedImage = tuple[np.ndarray, tuple[int, int], tuple[int, int]]
 
 
 def available_ram() -> int | None:
@@ -68,7 +69,9 @@ class ImageLoader:
     """Loads image ``i`` as (resized BGR image, (h0, w0), (h, w)); None for the image when it cannot be read.
 
     ``cache``: None, ``'ram'`` or ``'disk'`` (``cache_dir`` required). RAM caching falls back to no caching,
-    with a warning, when the estimated need (30 sampled images, x ``ram_margin``) exceeds available memory.
+    with a warning, when the estimated need (30 sampled images, x ``ram_margin``) exceeds available memory. With
+    ``shared`` (DDP) the RAM cache is one file per node that the local ranks share (shared_ram); its slots are
+    sized from ``sizes_wh``, the (w, h) the label files recorded.
     """
 
     def __init__(
@@ -83,6 +86,8 @@ class ImageLoader:
         ram_margin: float = 1.1,
         ram_samples: int = 30,
         seed: int = 0,
+        sizes_wh: np.ndarray | None = None,
+        shared: SharedRam | None = None,
     ):
         if cache not in (None, False, "ram", "disk"):
             raise ValueError(f"cache must be null, 'ram' or 'disk', got {cache!r}")
@@ -92,9 +97,13 @@ class ImageLoader:
         self.reader = reader
         self.cache = cache or None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.ram: list[LoadedImage | None] | None = None
+        self.ram: list[LoadedImage | None] | SharedImages | None = None
         self.npy: list[Path] | None = None
-        if self.cache == "ram":
+        if self.cache == "ram" and shared is not None:
+            if sizes_wh is None:
+                raise ValueError("a shared RAM cache needs sizes_wh to size its slots")
+            self.ram = self._shared_ram(shared, np.asarray(sizes_wh), workers, ram_margin)
+        elif self.cache == "ram":
             if self._ram_fits(ram_margin, ram_samples, seed):
                 self._fill_ram(workers)
         elif self.cache == "disk":
@@ -147,6 +156,13 @@ class ImageLoader:
             _gb(avail),
         )
         return False
+
+    def _shared_ram(self, shared: SharedRam, sizes_wh: np.ndarray, workers: int, margin: float) -> SharedImages | None:
+        key = images_key(self.im_files, self.imgsz, self.augment)
+        if not shared.write:
+            return open_shared(shared, key)
+        hw = [long_side_size(int(h0), int(w0), self.imgsz) for w0, h0 in sizes_wh.reshape(-1, 2)]
+        return write_shared(shared, self.load, np.array(hw).reshape(-1, 2), key, workers, available_ram(), margin)
 
     def _fill_ram(self, workers: int) -> None:
         self.ram = [None] * len(self.im_files)
