@@ -69,3 +69,22 @@ def test_torchrun_ranks_share_one_run_folder(tiny_data, tmp_path):
     run = only_run(tmp_path, "trun")  # one folder for both ranks
     assert [r["epoch"] for r in read_results(run / "results.csv")] == [0]
     assert (run / "weights" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow  # about 1 min; make test-all
+def test_two_nodes_of_two_ranks_train_into_one_folder(tiny_data, tmp_path):
+    """Multi-node as torchrun runs it (two agents, static rendezvous), both "nodes" on this machine: 4 ranks, one run
+    folder, and cache=ram written once per node (each node's file is its own: a per-node name)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", "29617", "-m", "detector.train", f"data={tiny_data}",
+           "name=nodes", *SETTINGS[1:], "epochs=1", "trainer.devices=2", "trainer.num_nodes=2", "trainer.strategy=ddp",
+           "cache=ram"]  # fmt: skip
+    nodes = [subprocess.Popen([*cmd[:3], "--node_rank", str(n), *cmd[3:]], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for n in (0, 1)]  # fmt: skip
+    logs = [p.communicate(timeout=600)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "MEMBER: 4/4" in logs[0] + logs[1]
+    run = only_run(tmp_path, "nodes")
+    assert [r["epoch"] for r in read_results(run / "results.csv")] == [0]
+    assert (run / "weights" / "last.ckpt").is_file()
+    assert "-n0-train.bin" in logs[0]  # rank 0 logs; node 1's writer logs nothing (rank-0-only logging)

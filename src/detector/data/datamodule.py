@@ -156,7 +156,8 @@ class DetectorDataModule(L.LightningDataModule):
         strategy = self.trainer.strategy
         token = strategy.broadcast(uuid.uuid4().hex[:16] if rank == 0 else None, src=0)
         writer = self.trainer.local_rank == 0
-        shared = {split: shared_ram_for(token, split, writer) for split in splits}
+        node = self.trainer.node_rank
+        shared = {split: shared_ram_for(token, split, writer, node=node) for split in splits}
         error: Exception | None = None
         for turn in (True, False):
             if writer == turn:

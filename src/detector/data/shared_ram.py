@@ -1,6 +1,6 @@
 """``cache=ram`` under DDP: one copy of the resized images per node, in a shared-memory file every local rank maps.
 
-The node's local rank 0 writes the images of a split into ``/dev/shm/detector-<token>-<split>.bin`` with an index
+The node's local rank 0 writes the images of a split into ``/dev/shm/detector-<token>-n<node>-<split>.bin`` with an index
 beside it; after a barrier the other local ranks map the same file read-only, and once all have mapped it the files
 are unlinked (the mappings stay valid, so a run killed later leaves nothing behind). Loader workers are forked and
 share the same pages. numpy's memmap over tmpfs rather than a per-process list: the list is copied into every rank.
@@ -41,9 +41,10 @@ class SharedRam:
             p.unlink(missing_ok=True)
 
 
-def shared_ram_for(token: str, split: str, write: bool, directory: Path = SHM_DIR) -> SharedRam:
-    """The SharedRam of one split of one run (``token`` is the same on every rank of the run)."""
-    return SharedRam(Path(directory) / f"detector-{token}-{split}.bin", write)
+def shared_ram_for(token: str, split: str, write: bool, directory: Path = SHM_DIR, node: int = 0) -> SharedRam:
+    """The SharedRam of one split of one run on one node (``token`` is the same on every rank of the run; the node
+    rank keeps two nodes apart that share a /dev/shm, as a multi-node run tried on one machine)."""
+    return SharedRam(Path(directory) / f"detector-{token}-n{node}-{split}.bin", write)
 
 
 class SharedImages:
