@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -88,3 +89,23 @@ def test_two_nodes_of_two_ranks_train_into_one_folder(tiny_data, tmp_path):
     assert [r["epoch"] for r in read_results(run / "results.csv")] == [0]
     assert (run / "weights" / "last.ckpt").is_file()
     assert "-n0-train.bin" in logs[0]  # rank 0 logs; node 1's writer logs nothing (rank-0-only logging)
+
+
+@pytest.mark.slow  # about 40 s; make test-all
+def test_slurm_tasks_train_into_the_jobs_run_folder(tiny_data, tmp_path):
+    """Two SLURM tasks of one step, as srun starts them (their SLURM_* variables, no srun here): Lightning's SLURM
+    environment joins them, and both write to outputs/<name>/slurm-<job>.<step>."""
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0", "SLURM_NNODES": "1",
+             "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_NODELIST": "localhost",
+             "SLURM_JOB_NAME": "train"}  # fmt: skip
+    cmd = [sys.executable, "-m", "detector.train", f"data={tiny_data}", "name=sl", *SETTINGS[1:], "epochs=1",
+           "trainer.devices=2", "trainer.strategy=ddp"]  # fmt: skip
+    tasks = [subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, **slurm, "SLURM_PROCID": str(r),
+                              "SLURM_LOCALID": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in (0, 1)]  # fmt: skip
+    logs = [p.communicate(timeout=600)[0] for p in tasks]
+    assert [p.returncode for p in tasks] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "MEMBER: 2/2" in logs[1]
+    folders = [p for p in (tmp_path / "outputs" / "sl").iterdir() if p.is_dir()]
+    assert [p.name for p in folders] == ["slurm-4242.0"]
+    assert [r["epoch"] for r in read_results(folders[0] / "results.csv")] == [0]
