@@ -1,9 +1,10 @@
 """``cache=ram`` under DDP: one copy of the resized images per node, in a shared-memory file every local rank maps.
 
-The node's local rank 0 writes the images of a split into ``/dev/shm/detector-<token>-n<node>-<split>.bin``, with an
-index beside it; after a barrier the other local ranks map the same file read-only, and once all have mapped it the files
-are unlinked (the mappings stay valid, so a run killed later leaves nothing behind). Loader workers are forked and
-share the same pages. numpy's memmap over tmpfs rather than a per-process list: the list is copied into every rank.
+The node's local rank 0 writes the images of a split into ``/dev/shm/detector-<token>-n<node>-<split>.bin``, with
+an index beside it; after a barrier the other local ranks map the same file read-only, and once all have mapped it
+the files are unlinked (the mappings stay valid, so a run killed later leaves nothing behind). Loader workers are
+forked and share the same pages. numpy's memmap over tmpfs rather than a per-process list: the list is copied into
+every rank.
 """
 
 from __future__ import annotations
