@@ -127,8 +127,8 @@ def test_shared_ram_cache_reaches_every_barrier_when_building_fails(data_yaml, t
 
     dm = make_dm(data_yaml, tmp_path, cache="ram")
     strategy = FakeStrategy()
-    dm.trainer = SimpleNamespace(world_size=2, global_rank=local_rank, local_rank=local_rank, num_devices=2, node_rank=0,
-                                 strategy=strategy)  # fmt: skip
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=local_rank, local_rank=local_rank, num_devices=2,
+                                 node_rank=0, strategy=strategy)  # fmt: skip
 
     def broken(*args, **kwargs):
         raise RuntimeError("bad split")
