@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -55,6 +56,17 @@ def test_one_epoch_run_writes_results_and_checkpoints(tiny_data, tmp_path):
     assert rows[0]["train/box_loss"] > 0 and rows[0]["val/obj_loss"] > 0
     for name in ("config.yaml", "lr.png", "labels.jpg", "train_batch0.jpg", "train_batch1.jpg"):
         assert (tmp_path / name).stat().st_size > 0, name
+    # the pictures of the end of a run (ValidationPlots), real images of their figure sizes at 150 dpi
+    sizes = {"results.png": (900, 1800), "PR_curve.png": (900, 1350), "F1_curve.png": (900, 1350),
+             "P_curve.png": (900, 1350), "R_curve.png": (900, 1350), "confusion_matrix.png": (1350, 1800)}  # fmt: skip
+    for name, hw in sizes.items():
+        im = cv2.imread(str(tmp_path / name))
+        assert im is not None and im.shape[:2] == hw and im.std() > 1, name  # not a blank canvas
+    for name in ("val_batch0_labels.jpg", "val_batch0_pred.jpg"):
+        assert cv2.imread(str(tmp_path / name)).shape[0] >= 64, name
+    table = (tmp_path / "per_class.txt").read_text().splitlines()
+    assert table[0].split() == ["Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"]
+    assert table[1].split()[:2] == ["all", "8"] and len(table) >= 3  # all 8 val images, then one row per class
     for name in ("last.ckpt", "best.ckpt"):
         ckpt = torch.load(tmp_path / "weights" / name, map_location="cpu", weights_only=True)
         state = ckpt["state_dict"]

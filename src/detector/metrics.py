@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from detector.boxes import box_iou
+from detector.confusion import confusion_matrix
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,10 @@ class DetectionEvaluator:
     def replace_records(self, records: Sequence[ImageRecord]) -> None:
         """Evaluate these records instead (e.g. every rank's, gathered)."""
         self._records = list(records)
+
+    def confusion_matrix(self, conf_thres: float, iou_thres: float) -> np.ndarray:
+        """YOLOv5's confusion matrix of everything seen (see detector.confusion)."""
+        return confusion_matrix(((r.det, r.labels) for r in self._records), self.nc, conf_thres, iou_thres)
 
     def compute(self) -> dict:
         """Metrics over everything seen, images in key order; zeros when there were no labels."""

@@ -211,7 +211,7 @@ class DetectorModule(L.LightningModule):
         self.evaluator.reset()
         self._val_losses: list[tuple[int, int, int, torch.Tensor]] = []  # (batch, rank, images, box/obj/cls)
 
-    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+    def validation_step(self, batch: tuple, batch_idx: int) -> list[torch.Tensor]:
         imgs, targets, _paths, infos = batch
         imgs = (imgs.float() / 255).to(self.dtype)
         height, width = imgs.shape[2:]
@@ -239,6 +239,7 @@ class DetectorModule(L.LightningModule):
             preds.append(det.cpu())
             labels.append(torch.cat([lab[:, :1], boxes], 1).cpu())
         self.evaluator.update(preds, labels, keys=[(batch_idx, self.global_rank, j) for j in range(len(preds))])
+        return dets  # in the batch's pixels, for ValidationPlots
 
     def _gather_validation(self) -> None:
         """Under DDP every rank validated its own blocks (BlockShardSampler): gather every rank's images and batch
