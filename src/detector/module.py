@@ -270,7 +270,7 @@ class DetectorModule(L.LightningModule):
         self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False)
         self.log("mAP50", float(results["mAP_0.5"]), prog_bar=True)
         self.last_val_results = results
-        if self.current_epoch + 1 >= self.hparams.epochs:
+        if self.current_epoch + 1 >= self.hparams.epochs or self.trainer.state.fn != TrainerFn.FITTING:
             log.info("\n%s", format_per_class_table(results, self.names))
 
     # ---------------------------------------------------------------------------------------------------- inference

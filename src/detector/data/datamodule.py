@@ -35,8 +35,9 @@ class DetectorDataModule(L.LightningDataModule):
     """Train/val loaders of a YOLOv5 dataset, as YOLOv5's ``create_dataloader`` builds them.
 
     ``batch_size`` is the total over devices; each device gets ``batch_size / world_size`` (it must divide); val
-    uses twice that, rect batches with pad 0.5 and no augmentation. ``augment`` is the conf/augment node (mosaic9,
-    one_pass, mixup_beta, box-candidate thresholds, albumentations list). The dataset reports go to ``report_dir``.
+    uses twice that (``val_batch_size`` in total, when given), rect batches with pad 0.5 and no augmentation.
+    ``augment`` is the conf/augment node (mosaic9, one_pass, mixup_beta, box-candidate thresholds, albumentations
+    list). The dataset reports go to ``report_dir``.
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class DetectorDataModule(L.LightningDataModule):
         report_dir: str | Path | None,
         stride: int,
         val_pad: float,
+        val_batch_size: int | None = None,
     ):
         super().__init__()
         self.data = data
@@ -76,6 +78,7 @@ class DetectorDataModule(L.LightningDataModule):
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self.stride = int(stride)
         self.val_pad = float(val_pad)
+        self.val_batch_size = val_batch_size
         self.train_dataset: YoloDataset | None = None
         self.val_dataset: YoloDataset | None = None
         self._labelsets: dict[str, LabelSet] = {}
@@ -133,7 +136,7 @@ class DetectorDataModule(L.LightningDataModule):
                 f"all devices (as YOLOv5's --batch-size); use a multiple of {world}"
             )
         self._train_batch = self.batch_size // world
-        self._val_batch = self._train_batch * 2
+        self._val_batch = self._train_batch * 2 if self.val_batch_size is None else self.val_batch_size // world
         splits = ["train"] if self.train_dataset is None and stage in (None, "fit") else []
         splits += ["val"] if self.val_dataset is None else []
         _, _, devices = self._world()
