@@ -13,20 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from callbacks.results_csv import read_results
 from detector import CONF_DIR
-from detector.data.shapes import ensure_shapes_dataset
-from detector.train import run
 from detector.val import CheckpointError, validate
-from tests.helpers import compose_train
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    data = ensure_shapes_dataset(root / "shapes", n_train=16, n_val=8)
-    run_dir = root / "run"
-    run(compose_train([f"data={data}", f"run_dir={run_dir}", "trainer=cpu", "logger=csv", "imgsz=64", "batch_size=8",
-                       "workers=0", "callbacks.autoanchor.gen=50", "epochs=1", "val.coco=never"]))  # fmt: skip
-    return run_dir
 
 
 def compose_val(overrides: list[str]):
@@ -34,12 +21,12 @@ def compose_val(overrides: list[str]):
         return compose(config_name="val", overrides=overrides)
 
 
-def test_val_reproduces_the_runs_last_validation_and_writes_its_files(trained, tmp_path):
+def test_val_reproduces_the_runs_last_validation_and_writes_its_files(trained_run, tmp_path):
     # batch 16 = the run's val batch (2 x 8): the same rect shapes, so the same letterboxed pixels
-    cfg = compose_val([f"ckpt={trained / 'weights' / 'last.ckpt'}", f"run_dir={tmp_path}", "batch_size=16",
+    cfg = compose_val([f"ckpt={trained_run / 'weights' / 'last.ckpt'}", f"run_dir={tmp_path}", "batch_size=16",
                        "workers=0", "save_json=true", "accelerator=cpu"])  # fmt: skip
     metrics = validate(cfg)
-    last = read_results(trained / "results.csv")[-1]
+    last = read_results(trained_run / "results.csv")[-1]
     for key in ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss",
                 "val/obj_loss", "val/cls_loss"):  # fmt: skip
         assert metrics[key] == pytest.approx(last[key], rel=1e-4, abs=1e-9), key  # results.csv keeps 5 digits
@@ -49,7 +36,7 @@ def test_val_reproduces_the_runs_last_validation_and_writes_its_files(trained, t
         assert im is not None and im.std() > 1, name
     assert (tmp_path / "per_class.txt").read_text().splitlines()[1].split()[:2] == ["all", "8"]
     rows = json.loads((tmp_path / "predictions.json").read_text())
-    stems = {p.stem for p in (trained.parent / "shapes" / "images" / "val").iterdir()}
+    stems = {p.stem for p in (trained_run.parent / "shapes" / "images" / "val").iterdir()}
     assert rows and {str(r["image_id"]) for r in rows} <= stems
     assert all(len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and 0 < r["score"] <= 1 for r in rows)
 

@@ -6,57 +6,31 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import get_original_cwd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from detector import CONF_DIR
 from detector.callbacks.predictions_json import PredictionsJson
 from detector.callbacks.validation_plots import ValidationPlots
+from detector.checkpoint_file import CheckpointError, load_checkpoint, model_from_checkpoint
 from detector.data.config import load_data_config
-from detector.resume import CONFIG_KEY
-from detector.train import build_datamodule, build_module
+from detector.train import build_datamodule
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """The checkpoint is missing, unreadable or not one of ours; the message names the file."""
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint of ours, loaded with ``weights_only=True`` (tensors and plain containers, no pickled code)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"ckpt={path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated file, another format, or pickled objects weights_only refuses
-        raise CheckpointError(f"ckpt={path}: cannot be read as a detector checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or "state_dict" not in state or CONFIG_KEY not in state:
-        raise CheckpointError(f"ckpt={path}: not a detector checkpoint (no state_dict or run config)")
-    return state
 
 
 def validate(cfg: DictConfig, cwd: str | None = None) -> dict[str, float]:
     """Validate ``cfg.ckpt``; returns the logged metrics (``metrics/*``, ``val/*``, ``fitness``)."""
     cwd = cwd or str(Path.cwd())
-    state = load_checkpoint(Path(cwd) / str(cfg.ckpt))
-    run = OmegaConf.create(state[CONFIG_KEY])
-    hparams = state.get("hyper_parameters", {})
+    module, run = model_from_checkpoint(load_checkpoint(Path(cwd) / str(cfg.ckpt)))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_data_config(cfg.data if cfg.data is not None else run.data, cfg.datasets_dir, cwd)
-    names = dict(hparams.get("names") or data.names)
-    nc = int(hparams.get("nc", len(names)))
-    if not run.single_cls and data.nc != nc:
-        raise ValueError(f"data={cfg.data}: {data.nc} classes, but the checkpoint was trained on {nc}")
-    module = build_module(run, nc, names)
-    module.load_state_dict(state["state_dict"])  # the EMA weights (checkpoints keep the raw ones beside them)
+    if not run.single_cls and data.nc != module.hparams.nc:
+        raise ValueError(f"data={cfg.data}: {data.nc} classes, but the checkpoint was trained on {module.hparams.nc}")
     imgsz = int(cfg.imgsz if cfg.imgsz is not None else run.imgsz)
     datamodule = build_datamodule(run, data, stride=int(module.model.stride.max()), imgsz=imgsz,
                                   workers=int(cfg.workers), report_dir=run_dir, val_batch_size=int(cfg.batch_size),
