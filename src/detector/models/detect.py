@@ -57,10 +57,11 @@ class Detect(nn.Module):
         return self.decode(raw), raw
 
     def _grid(self, i: int, ny: int, nx: int, device: torch.device) -> torch.Tensor:
-        """Cell corner offsets ``(1, 1, ny, nx, 2)`` as ``(x - 0.5, y - 0.5)``, cached per level."""
+        """Cell corner offsets ``(1, 1, ny, nx, 2)`` as ``(x - 0.5, y - 0.5)``, cached per level; built afresh
+        while tracing (export), so that the traced graph computes them from the input's size."""
         grid = self._grids[i]
         stale = grid is None or grid.shape[2:4] != (ny, nx) or grid.device != device
-        if stale or (grid.is_inference() and not torch.is_inference_mode_enabled()):
+        if stale or torch.jit.is_tracing() or (grid.is_inference() and not torch.is_inference_mode_enabled()):
             ys = torch.arange(ny, device=device, dtype=torch.float32)
             xs = torch.arange(nx, device=device, dtype=torch.float32)
             yv, xv = torch.meshgrid(ys, xs, indexing="ij")
