@@ -150,7 +150,10 @@ def test_ray_launcher_runs_a_generation_on_a_local_cluster(tiny_data, tmp_path):
     assert len(history.read_csv(sweep / "evolve.csv")[1]) == 2
 
 
-@pytest.mark.parametrize("sweeper", ["basic", "evolve", "optuna"])
+# ours in make test; the basic and Optuna sweepers go the same way (each job one child process) and run in
+# make test-all (43 s each: make test stays under 15 min)
+@pytest.mark.parametrize("sweeper", [pytest.param("basic", marks=pytest.mark.slow), "evolve",
+                                     pytest.param("optuna", marks=pytest.mark.slow)])  # fmt: skip
 def test_a_two_process_ddp_trial_inside_a_sweep_runs_once(tiny_data, tmp_path, sweeper):
     ddp = ["trainer.devices=2", "trainer.strategy=ddp", "name=ddp"]
     args = {"evolve": evolve_args(tmp_path / "sweep", 1, 1), "basic": ["seed=1"],

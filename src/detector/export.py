@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from detector import CONF_DIR
 from detector.checkpoint_file import CheckpointError, load_checkpoint, model_from_checkpoint
+from detector.console import quiet_third_party
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,13 @@ class InferenceOutput(torch.nn.Module):
 def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic: bool) -> Path:
     """ONNX through torch's TorchScript-based exporter: it writes the requested opset, where the torch.export-based
     default (torch >= 2.9) raises the opset to what it supports and needs onnxscript."""
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}} if dynamic else None
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "predictions"}}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter, chosen on purpose
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(model, x, str(path), opset_version=opset, dynamo=False, input_names=["images"],
-                          output_names=["output0"], dynamic_axes=axes, do_constant_folding=True)  # fmt: skip
+                          output_names=["output0"], dynamic_axes=axes if dynamic else None,
+                          do_constant_folding=True)  # fmt: skip
     return path
 
 
@@ -73,6 +75,7 @@ def run_exported(path: Path, fmt: str, x: torch.Tensor) -> np.ndarray:
 
 def export(cfg: DictConfig, cwd: str | None = None) -> Path:
     """Write ``cfg.ckpt``'s model in ``cfg.format`` into the run folder and check it; returns the file's path."""
+    quiet_third_party()
     cwd = cwd or str(Path.cwd())
     if cfg.format not in ("onnx", "torchscript"):
         raise ExportError(f"format={cfg.format}: choose onnx or torchscript")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from detector import CONF_DIR
 from detector.boxes import scale_boxes
 from detector.checkpoint_file import CheckpointError, load_checkpoint, model_from_checkpoint
+from detector.console import quiet_third_party
 from detector.data.images import IMG_FORMATS, read_image
 from detector.data.letterbox import letterbox
 from detector.nms import non_max_suppression
@@ -100,6 +101,7 @@ def _frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
 
 def predict(cfg: DictConfig, cwd: str | None = None) -> dict[str, np.ndarray]:
     """Run ``cfg.ckpt`` on ``cfg.source``; returns the detections per image (videos: per ``<stem>_<frame>``)."""
+    quiet_third_party()
     cwd = cwd or str(Path.cwd())
     sources = list_sources(str(cfg.source), cwd)
     module, run = model_from_checkpoint(load_checkpoint(Path(cwd) / str(cfg.ckpt)))

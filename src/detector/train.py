@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from detector import CONF_DIR
 from detector.amp_check import PrecisionAgreement, checked_precision
 from detector.checkpoint_io import AtomicCheckpointIO
+from detector.console import quiet_third_party
 from detector.data.config import DataConfig, load_data_config
 from detector.data.datamodule import DetectorDataModule
 from detector.evolve.history import RESULT_KEYS
@@ -61,6 +62,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     With ``ckpt_path`` the run resumes: the checkpoint's config comes back, and ``overrides`` (the command line's,
     by default) may change only the keys in ``resume_may_differ``."""
     filter_to_rank_zero()
+    quiet_third_party()
     cwd = _original_cwd()
     if rank_zero_only.rank == 0:
         ckpt = resolve_checkpoint(cfg.ckpt_path, Path(cwd) / "outputs" / cfg.name)

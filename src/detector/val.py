@@ -16,6 +16,7 @@ from detector import CONF_DIR
 from detector.callbacks.predictions_json import PredictionsJson
 from detector.callbacks.validation_plots import ValidationPlots
 from detector.checkpoint_file import CheckpointError, load_checkpoint, model_from_checkpoint
+from detector.console import quiet_third_party
 from detector.data.config import load_data_config
 from detector.train import build_datamodule
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def validate(cfg: DictConfig, cwd: str | None = None) -> dict[str, float]:
     """Validate ``cfg.ckpt``; returns the logged metrics (``metrics/*``, ``val/*``, ``fitness``)."""
+    quiet_third_party()
     cwd = cwd or str(Path.cwd())
     module, run = model_from_checkpoint(load_checkpoint(Path(cwd) / str(cfg.ckpt)))
     run_dir = Path(cfg.run_dir)
