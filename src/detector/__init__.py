@@ -13,3 +13,12 @@ def _conf_dir() -> str:
 
 
 CONF_DIR = _conf_dir()
+
+
+def _register_schema() -> None:
+    from detector.schema import register_schema  # Hydra's ConfigStore: conf/train.yaml names the schema
+
+    register_schema()
+
+
+_register_schema()

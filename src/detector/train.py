@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -28,11 +30,16 @@ from detector.evolve.history import RESULT_KEYS
 from detector.evolve.trial import in_multirun, run_in_child, write_result
 from detector.module import DetectorModule
 from detector.rank_logging import filter_to_rank_zero
-from detector.resume import CONFIG_KEY, StoreRunConfig, restore_config
-from detector.run_config import prepare_config
+from detector.resume import CONFIG_KEY, ResumeRefused, StoreRunConfig, restore_config
+from detector.run_config import ConfigError, prepare_config
 from detector.run_folder import RunLock, checkpoint_run_dir, register_resolver, resolve_checkpoint
 
 log = logging.getLogger(__name__)
+USER_ERRORS = (
+    ConfigError,
+    ResumeRefused,
+    FileNotFoundError,
+)  # what main reports as one line (HYDRA_FULL_ERROR=1: trace)
 register_resolver()  # ${detector.run_folder:...} in hydra.run.dir: a resumed run continues in its own folder
 
 
@@ -186,7 +193,13 @@ def main(cfg: DictConfig) -> float:
     if in_multirun():  # every -m job trains as its own process (detector/evolve/trial.py says why)
         trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
         return run_in_child(trainer, cfg.trial_timeout, cfg.trial_preload, cfg.trial_pin_gpus)
-    return run(cfg)
+    try:
+        return run(cfg)
+    except USER_ERRORS as e:  # a setting or a path the user gave: one line naming it, not a traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", e)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
