@@ -73,6 +73,9 @@ class DetectorModule(L.LightningModule):
         self._val_losses: list[tuple[int, int, int, torch.Tensor]] = []  # (batch, rank, images, box/obj/cls)
         self.last_loss_items = torch.zeros(3)
         self.last_grad_norm = torch.zeros(())  # L2 norm of the gradients before the last clipping
+        # Lightning's model summary runs this through the model (eval mode, no grad) to count FLOPs at the training
+        # size; without it the summary says "Total Flops: 0"
+        self.example_input_array = torch.zeros(1, 3, int(imgsz), int(imgsz))
 
     # ----------------------------------------------------------------------------------------------- optimization
     @property
