@@ -199,3 +199,21 @@ def test_a_failed_amp_check_trains_in_full_precision(tiny_data, tmp_path, monkey
     assert "precision: 32-true" in (tmp_path / "config.yaml").read_text()
     ckpt = torch.load(tmp_path / "weights" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["detector_config"]["trainer"]["precision"] == "32-true"  # a resume keeps the decision
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "mlflow"])
+def test_other_loggers_receive_the_epochs_metrics(tiny_data, tmp_path, logger):
+    if logger == "mlflow":
+        pytest.importorskip("mlflow")  # the [mlflow] extra
+    run(tiny_cfg(tiny_data, tmp_path, "epochs=1", f"logger={logger}", "callbacks.autoanchor.gen=10"))
+    if logger == "tensorboard":
+        assert (
+            list((tmp_path / "logs").glob("events.out.tfevents.*")) and not (tmp_path / "logs" / "metrics.csv").exists()
+        )
+    else:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        (exp,) = [e for e in client.search_experiments() if e.name == "train"]
+        (mlrun,) = client.search_runs([exp.experiment_id])
+        assert "metrics/mAP_0.5" in mlrun.data.metrics and "train/box_loss" in mlrun.data.metrics
