@@ -16,8 +16,12 @@ CONF_DIR = _conf_dir()
 
 
 def _register_schema() -> None:
-    from detector.schema import register_schema  # Hydra's ConfigStore: conf/train.yaml names the schema
-
+    """conf/train.yaml names its schema, which lives in Hydra's ConfigStore. Without Hydra (the YOLOv5 benchmark
+    environment imports our modules, never our configs) there is nothing to register."""
+    try:
+        from detector.schema import register_schema
+    except ImportError:
+        return
     register_schema()
 
 
