@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 # Lightning's advertisements for its cloud products ("💡 Tip: ... try installing litlogger / litmodels").
 LIGHTNING_TIP = "💡 Tip"
@@ -31,3 +35,15 @@ def quiet_third_party() -> None:
         logger.addFilter(DropLightningTips())
     for pattern, _why in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def exit_on_user_error(errors: tuple[type[Exception], ...], fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; one of ``errors`` (a setting, a path or a file the user gave) is logged as one line and ends
+    the process with status 1 instead of a traceback (``HYDRA_FULL_ERROR=1`` re-raises it)."""
+    try:
+        return fn(*args)
+    except errors as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        logging.getLogger(fn.__module__).error("%s", e)
+        sys.exit(1)

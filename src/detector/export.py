@@ -4,7 +4,6 @@ runtimes, run once after writing and compared with the checkpoint's own outputs 
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 
 from detector import CONF_DIR
 from detector.checkpoint_file import CheckpointError, load_checkpoint, model_from_checkpoint
-from detector.console import quiet_third_party
+from detector.console import exit_on_user_error, quiet_third_party
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +114,7 @@ def export(cfg: DictConfig, cwd: str | None = None) -> Path:
 
 @hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        export(cfg, get_original_cwd())
-    except (CheckpointError, ExportError) as e:
-        log.error("%s", e)
-        sys.exit(1)
+    exit_on_user_error((CheckpointError, ExportError), export, cfg, get_original_cwd())
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import logging
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from omegaconf import DictConfig
 from detector import CONF_DIR
 from detector.boxes import scale_boxes
 from detector.checkpoint_file import CheckpointError, load_checkpoint, model_from_checkpoint
-from detector.console import quiet_third_party
+from detector.console import exit_on_user_error, quiet_third_party
 from detector.data.images import IMG_FORMATS, read_image
 from detector.data.letterbox import letterbox
 from detector.nms import non_max_suppression
@@ -149,11 +148,7 @@ def predict(cfg: DictConfig, cwd: str | None = None) -> dict[str, np.ndarray]:
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        predict(cfg, get_original_cwd())
-    except (CheckpointError, SourceError) as e:
-        log.error("%s", e)
-        sys.exit(1)
+    exit_on_user_error((CheckpointError, SourceError), predict, cfg, get_original_cwd())
 
 
 if __name__ == "__main__":

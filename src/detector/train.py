@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from detector import CONF_DIR
 from detector.amp_check import PrecisionAgreement, checked_precision
 from detector.checkpoint_io import AtomicCheckpointIO
-from detector.console import quiet_third_party
+from detector.console import exit_on_user_error, quiet_third_party
 from detector.data.config import DataConfig, load_data_config
 from detector.data.datamodule import DetectorDataModule
 from detector.evolve.history import RESULT_KEYS
@@ -193,13 +191,7 @@ def main(cfg: DictConfig) -> float:
     if in_multirun():  # every -m job trains as its own process (detector/evolve/trial.py says why)
         trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
         return run_in_child(trainer, cfg.trial_timeout, cfg.trial_preload, cfg.trial_pin_gpus)
-    try:
-        return run(cfg)
-    except USER_ERRORS as e:  # a setting or a path the user gave: one line naming it, not a traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("%s", e)
-        sys.exit(1)
+    return exit_on_user_error(USER_ERRORS, run, cfg)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ the validation pictures and optionally COCO-format predictions go into a new run
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -16,7 +15,7 @@ from detector import CONF_DIR
 from detector.callbacks.predictions_json import PredictionsJson
 from detector.callbacks.validation_plots import ValidationPlots
 from detector.checkpoint_file import CheckpointError, load_checkpoint, model_from_checkpoint
-from detector.console import quiet_third_party
+from detector.console import exit_on_user_error, quiet_third_party
 from detector.data.config import load_data_config
 from detector.train import build_datamodule
 
@@ -49,11 +48,7 @@ def validate(cfg: DictConfig, cwd: str | None = None) -> dict[str, float]:
 
 @hydra.main(config_path=CONF_DIR, config_name="val", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        validate(cfg, get_original_cwd())
-    except (CheckpointError, FileNotFoundError) as e:
-        log.error("%s", e)
-        sys.exit(1)
+    exit_on_user_error((CheckpointError, FileNotFoundError), validate, cfg, get_original_cwd())
 
 
 if __name__ == "__main__":
