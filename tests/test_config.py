@@ -115,6 +115,10 @@ def test_prepare_config_checks_choices(tmp_path):
     cfg = compose_train([f"run_dir={tmp_path}", "trainer=cpu", "trainer.sync_batchnorm=true"])
     with pytest.raises(ConfigError, match="sync_batchnorm=true needs CUDA"):
         prepare_config(cfg)
+    for bad in ("freeze=abc", "freeze=-1", "freeze=[1,x]"):
+        with pytest.raises(ConfigError, match="freeze="):
+            prepare_config(compose_train([f"run_dir={tmp_path}", bad]))
+    prepare_config(compose_train([f"run_dir={tmp_path}", "freeze=[0,1,2]"]))
     f = tmp_path / "h.yaml"
     f.write_text("lr0: 0.02\n")
     cfg = prepare_config(compose_train([f"run_dir={tmp_path}", f"hyp_file={f}"]))

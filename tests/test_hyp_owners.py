@@ -23,14 +23,14 @@ OWNERS = {
     **dict.fromkeys(AUGMENT_HYP_KEYS, "src/detector/data/recipe.py"),  # hsv_*, degrees ... mosaic, mixup, copy_paste
     "iou_t": None,  # unused by YOLOv5 v6+ too; kept so YOLOv5 hyp files load
 }
-# The same word as a torch param-group key, a plot label, the model yaml's key or the Detect buffer; and the check
-# that refuses hyp.anchors without AutoAnchor; evolution's column rule (anchors appended as 3 when null) and
-# Optuna's search space (anchors as an integer). Not where the hyp value takes effect.
+# The same word as a torch param-group key, a plot label, the model yaml's key or the Detect buffer; the check
+# that refuses hyp.anchors without AutoAnchor; a YOLOv5 file's model config; evolution's column rule (anchors
+# appended as 3 when null) and Optuna's search space (anchors as an integer). Not where the hyp value takes effect.
 NOT_HYP = {("anchors", "src/detector/evolve/space.py"), ("anchors", "src/detector/evolve/optuna_space.py"),
            ("weight_decay", "src/detector/optim.py"), ("momentum", "src/detector/schedule.py"),
            ("momentum", "src/detector/plots/lr.py"), ("anchors", "src/detector/models/builder.py"),
            ("anchors", "src/detector/models/detect.py"), ("anchors", "src/detector/models/yolo.py"),
-           ("anchors", "src/detector/run_config.py")}  # fmt: skip
+           ("anchors", "src/detector/run_config.py"), ("anchors", "src/detector/yolov5_weights.py")}  # fmt: skip
 # Where the config passes a hyp value to a callback (conf/callbacks/default.yaml), as YOLOv5 shares them.
 SHARED_WITH_AUTOANCHOR = {"anchor_t": "thr: ${hyp.anchor_t}"}
 

@@ -22,6 +22,7 @@ def test_params_cover_the_evolved_keys_with_their_limits():
     assert params["hyp.momentum"] == "interval(0.6, 0.98)"
 
 
+@pytest.mark.slow  # two sweeps, about 90 s
 def test_a_shared_study_is_continued_by_a_second_sweep(tiny_data, tmp_path):  # noqa: F811
     optuna = pytest.importorskip("optuna")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"

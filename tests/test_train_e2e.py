@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from callbacks.progress import TRAIN_HEADER
 from callbacks.results_csv import COLUMNS, read_results
 from detector.data.shapes import ensure_shapes_dataset
 from detector.schedule import TrainingSchedule
@@ -47,8 +50,11 @@ def probe(run_dir) -> dict:
     return json.loads((run_dir / "fp16.json").read_text())
 
 
-def test_one_epoch_run_writes_results_and_checkpoints(tiny_data, tmp_path):
-    fitness = run(tiny_cfg(tiny_data, tmp_path, "epochs=1", *PROBE, f"+callbacks.probe.path={tmp_path / 'fp16.json'}"))
+def test_one_epoch_run_writes_results_and_checkpoints(tiny_data, tmp_path, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="detector.callbacks.model_summary"):
+        fitness = run(
+            tiny_cfg(tiny_data, tmp_path, "epochs=1", *PROBE, f"+callbacks.probe.path={tmp_path / 'fp16.json'}")
+        )
     assert math.isfinite(fitness)
     rows = read_results(tmp_path / "results.csv")
     assert len(rows) == 1 and list(rows[0]) == list(COLUMNS)
@@ -79,6 +85,17 @@ def test_one_epoch_run_writes_results_and_checkpoints(tiny_data, tmp_path):
     assert not torch.allclose(anchors[0], DEFAULT_P3_ANCHORS)
     # A fresh fit trains from fp16-rounded weights and AutoAnchor's anchors (YOLOv5's model.half().float()).
     assert probe(tmp_path) == {"all": True, "anchors": True}
+    # YOLOv5's console: its columns, the epoch's final line (mean losses of the epoch's batches), the all line
+    lines = [line.rstrip() for line in re.split(r"[\r\n]", capsys.readouterr().out)]
+    assert lines.count(TRAIN_HEADER) == 1
+    final = [line for line in lines if line.lstrip().startswith("0/0") and "2/2" in line][-1].split()
+    assert final[:2] == ["0/0", "0G"] and final[6] == "64:"  # epoch, memory (CPU), ..., size
+    losses = [float(v) for v in final[2:5]]
+    assert losses == pytest.approx([rows[0][f"train/{k}"] for k in ("box_loss", "obj_loss", "cls_loss")], rel=1e-3)
+    all_row = next(line.split() for line in lines if line.split()[:1] == ["all"])
+    assert all_row[:2] == ["all", "8"] and float(all_row[5]) == pytest.approx(rows[0]["metrics/mAP_0.5"], abs=1e-3)
+    # YOLOv5's model summary line (YOLOv5 7.0 counts yolov5n as 214 layers too)
+    assert "yolov5n summary: 214 layers, 1772035 parameters, 1772035 gradients" in caplog.text
 
 
 def schedule_of(cfg, nb: int) -> TrainingSchedule:

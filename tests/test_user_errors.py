@@ -16,6 +16,7 @@ import pytest
         ("epochs=abc", "full_key: epochs"),  # a wrong type: the structured-config schema (detector/schema.py)
         ("hyp.lr_0=1", "full_key: hyp.lr_0"),  # a misspelt key
         ("data=missing.yaml", "dataset yaml 'missing.yaml' not found"),  # a missing file
+        ("weights=missing.pt", "missing.pt: no such file"),  # a missing checkpoint
     ],
 )
 def test_a_mistake_is_one_clear_message(override, named, tmp_path):

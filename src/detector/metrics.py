@@ -327,26 +327,23 @@ def _valid_or_zero(x: torch.Tensor) -> float:
     return v if np.isfinite(v) and v >= 0 else 0.0
 
 
+TABLE_HEADER = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
+_TABLE_ROW = "{:>22}{:>11}{:>11}{:>11.3g}{:>11.3g}{:>11.3g}{:>11.3g}"
+
+
+def format_all_row(result: Mapping) -> str:
+    """The ``all`` row of YOLOv5's validation table (under :data:`TABLE_HEADER`)."""
+    keys = ("n_images", "n_labels", "precision", "recall", "mAP_0.5", "mAP_0.5:0.95")
+    return _TABLE_ROW.format("all", *(result[k] for k in keys))
+
+
 def format_per_class_table(result: Mapping, names: Mapping[int, str] | None = None) -> str:
     """A YOLOv5-style table: class, images, instances, P, R, mAP50, mAP50-95; an ``all`` row first."""
     names = names or {}
-    head = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
-    row = "{:>22}{:>11}{:>11}{:>11.3g}{:>11.3g}{:>11.3g}{:>11.3g}"
-    lines = [
-        head,
-        row.format(
-            "all",
-            result["n_images"],
-            result["n_labels"],
-            result["precision"],
-            result["recall"],
-            result["mAP_0.5"],
-            result["mAP_0.5:0.95"],
-        ),
-    ]
+    lines = [TABLE_HEADER, format_all_row(result)]
     for i, c in enumerate(result["classes"]):
         lines.append(
-            row.format(
+            _TABLE_ROW.format(
                 str(names.get(int(c), int(c)))[:22],
                 int(result["images_per_class"][i]),
                 int(result["labels_per_class"][i]),

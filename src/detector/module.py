@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -19,6 +19,7 @@ from detector.metrics import DetectionEvaluator, fitness, format_per_class_table
 from detector.models import DetectionModel
 from detector.nms import non_max_suppression
 from detector.optim import OptimizerChoice, auto_iterations, build_optimizer, resolve_optimizer, scaled_weight_decay
+from detector.run_config import ConfigError
 from detector.schedule import TrainingSchedule
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,17 @@ class DetectorModule(L.LightningModule):
         multi_scale: bool,
         seed: int,
         val: Mapping[str, Any],
+        freeze: int | Sequence[int] = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.names = dict(names)
         self.model = DetectionModel(model, nc=nc, anchors=hyp.get("anchors"))
+        layers = frozen_layers(freeze, len(self.model.model))
+        if layers:
+            n = self.model.freeze(layers)
+            log.info("freeze=%s: %d parameter tensors of layers %s get no gradient", freeze, n, layers)
         # The loss gains scaled to layers, classes and image size; the raw hyp stays in self.hparams.hyp.
         self.loss_fn = YoloLoss(self.model, scale_loss_gains(hyp, self.model.detect.nl, nc, imgsz), label_smoothing)
         self.val_cfg = dict(val)
@@ -72,6 +78,7 @@ class DetectorModule(L.LightningModule):
         self._schedule: TrainingSchedule | None = None
         self._val_losses: list[tuple[int, int, int, torch.Tensor]] = []  # (batch, rank, images, box/obj/cls)
         self.last_loss_items = torch.zeros(3)
+        self.last_imgsz = int(imgsz)
         self.last_grad_norm = torch.zeros(())  # L2 norm of the gradients before the last clipping
         # Lightning's model summary runs this through the model (eval mode, no grad) to count FLOPs at the training
         # size; without it the summary says "Total Flops: 0"
@@ -147,6 +154,7 @@ class DetectorModule(L.LightningModule):
         if self.hparams.multi_scale:
             gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + ni)  # same sizes after a resume
             imgs = multi_scale(imgs, self.hparams.imgsz, int(self.model.stride.max()), gen)
+        self.last_imgsz = int(imgs.shape[-1])  # after multi-scale: the progress bar's Size column
         step = self.schedule.steps_at(ni, self.last_opt_step)
         # Under DDP, skip the gradient all-reduce on batches that only accumulate.
         no_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
@@ -279,6 +287,15 @@ class DetectorModule(L.LightningModule):
     # ---------------------------------------------------------------------------------------------------- inference
     def forward(self, imgs: torch.Tensor) -> Any:
         return self.model(imgs)
+
+
+def frozen_layers(freeze: int | Sequence[int], n_layers: int) -> list[int]:
+    """YOLOv5's ``--freeze``: N (or ``[N]``) is the first N layers, a longer list those layers."""
+    layers = list(freeze) if isinstance(freeze, Sequence) else [int(freeze)]
+    layers = list(range(layers[0])) if len(layers) == 1 else layers
+    if any(not 0 <= i < n_layers for i in layers):
+        raise ConfigError(f"freeze={freeze}: the model has layers 0-{n_layers - 1}")
+    return layers
 
 
 def mean_batch_loss(losses: list[tuple[int, int, int, torch.Tensor]]) -> torch.Tensor:

@@ -76,6 +76,9 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
     for key in ("epochs", "batch_size", "imgsz"):
         if int(cfg[key]) < 1:
             raise ConfigError(f"{key}={cfg[key]}: must be a positive integer")
+    frozen = list(cfg.freeze) if OmegaConf.is_list(cfg.freeze) else [cfg.freeze]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in frozen):
+        raise ConfigError(f"freeze={cfg.freeze}: an integer N >= 0 (the first N layers) or a list of layer indices")
     if int(cfg.workers) < 0:
         raise ConfigError(f"workers={cfg.workers}: must be >= 0")
     if cfg.trainer.get("sync_batchnorm") and not trains_on_cuda(cfg.trainer):

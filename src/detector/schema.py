@@ -24,7 +24,9 @@ class TrainSchema:
     augment: Any = MISSING
     # top-level settings
     data: str = MISSING
-    hyp_file: Optional[str] = None  # noqa: UP045 (OmegaConf reads the annotation: it needs typing's form)
+    weights: Optional[str] = None  # noqa: UP045 (OmegaConf reads the annotation: it needs typing's form)
+    freeze: Any = MISSING  # an int or a list of ints: checked by run_config.prepare_config
+    hyp_file: Optional[str] = None  # noqa: UP045
     datasets_dir: str = MISSING
     name: str = MISSING
     run_dir: str = MISSING

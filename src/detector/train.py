@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd, instantiate
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from detector import CONF_DIR
 from detector.amp_check import PrecisionAgreement, checked_precision
+from detector.checkpoint_file import CheckpointError
 from detector.checkpoint_io import AtomicCheckpointIO
 from detector.console import exit_on_user_error, quiet_third_party
 from detector.data.config import DataConfig, load_data_config
@@ -31,10 +33,12 @@ from detector.rank_logging import filter_to_rank_zero
 from detector.resume import CONFIG_KEY, ResumeRefused, StoreRunConfig, restore_config
 from detector.run_config import ConfigError, prepare_config
 from detector.run_folder import RunLock, checkpoint_run_dir, register_resolver, resolve_checkpoint
+from detector.weights_transfer import transfer_weights
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (
     ConfigError,
+    CheckpointError,
     ResumeRefused,
     FileNotFoundError,
 )  # what main reports as one line (HYDRA_FULL_ERROR=1: trace)
@@ -137,18 +141,18 @@ def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
     data = load_data_config(cfg.data, cfg.datasets_dir, cwd)
     nc, names = (1, {0: data.names[0] if data.nc == 1 else "item"}) if cfg.single_cls else (data.nc, data.names)
     module = build_module(cfg, nc, names)
+    if cfg.weights and ckpt is None:  # a resumed run has its checkpoint's weights
+        keep_anchors = not module.model.placeholder_anchors  # hyp.anchors asks AutoAnchor for new ones
+        transfer_weights(module.model, Path(cwd) / str(cfg.weights), str(cfg.model.get("name")), keep_anchors)
     datamodule = build_datamodule(cfg, data, stride=int(module.model.stride.max()))
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     plugins = _plugins(trainer_kwargs.pop("plugins", None))
     trainer_kwargs["strategy"] = _strategy(trainer_kwargs.get("strategy", "auto"), float(cfg.ddp_timeout))
+    callbacks = console_callbacks(instantiate_group(cfg.callbacks), trainer_kwargs)  # may set a trainer flag
     trainer = L.Trainer(
         **trainer_kwargs,
-        callbacks=[
-            *instantiate_group(cfg.callbacks),
-            StoreRunConfig(OmegaConf.to_container(cfg, resolve=True)),
-            PrecisionAgreement(),
-        ],
+        callbacks=[*callbacks, StoreRunConfig(OmegaConf.to_container(cfg, resolve=True)), PrecisionAgreement()],
         logger=instantiate_group(cfg.get("logger")) or False,
         default_root_dir=str(run_dir),
         plugins=plugins,
@@ -168,6 +172,20 @@ def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
                                "started": started, "finished": time.time()})  # fmt: skip
     log.info("Results saved to %s (best fitness %.4f)", run_dir, best_fitness)
     return best_fitness
+
+
+def console_callbacks(callbacks: list, trainer_kwargs: dict[str, Any]) -> list:
+    """The callbacks without the progress bar / model summary when the Trainer flags turn those off (Lightning
+    refuses a progress bar callback with ``enable_progress_bar=False``). With a summary callback of ours the flag
+    is turned off, so that Lightning neither adds its own nor says it skipped it."""
+    off = tuple(
+        kind for flag, kind in (("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary))
+        if trainer_kwargs.get(flag) is False
+    )  # fmt: skip
+    kept = [c for c in callbacks if not isinstance(c, off)] if off else callbacks
+    if any(isinstance(c, ModelSummary) for c in kept):
+        trainer_kwargs["enable_model_summary"] = False
+    return kept
 
 
 def _strategy(strategy: Any, timeout_s: float) -> Any:

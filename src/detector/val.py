@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from detector import CONF_DIR
 from detector.callbacks.predictions_json import PredictionsJson
+from detector.callbacks.progress import YoloProgressBar
 from detector.callbacks.validation_plots import ValidationPlots
 from detector.checkpoint_file import CheckpointError, load_checkpoint, model_from_checkpoint
 from detector.console import exit_on_user_error, quiet_third_party
@@ -29,14 +30,18 @@ def validate(cfg: DictConfig, cwd: str | None = None) -> dict[str, float]:
     module, run = model_from_checkpoint(load_checkpoint(Path(cwd) / str(cfg.ckpt)))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_data_config(cfg.data if cfg.data is not None else run.data, cfg.datasets_dir, cwd)
+    data_name = cfg.data if cfg.data is not None else run.data
+    if data_name is None:
+        raise CheckpointError(f"ckpt={cfg.ckpt} names no dataset of ours (a YOLOv5 file): give data=path/to/data.yaml")
+    data = load_data_config(data_name, cfg.datasets_dir, cwd)
     if not run.single_cls and data.nc != module.hparams.nc:
-        raise ValueError(f"data={cfg.data}: {data.nc} classes, but the checkpoint was trained on {module.hparams.nc}")
+        raise CheckpointError(f"data={data_name}: {data.nc} classes, but ckpt={cfg.ckpt} was trained on "
+                              f"{module.hparams.nc}")  # fmt: skip
     imgsz = int(cfg.imgsz if cfg.imgsz is not None else run.imgsz)
     datamodule = build_datamodule(run, data, stride=int(module.model.stride.max()), imgsz=imgsz,
                                   workers=int(cfg.workers), report_dir=run_dir, val_batch_size=int(cfg.batch_size),
                                   cache=None)  # fmt: skip
-    callbacks: list[L.Callback] = [ValidationPlots(run_dir, **cfg.plots)]
+    callbacks: list[L.Callback] = [ValidationPlots(run_dir, **cfg.plots), YoloProgressBar()]
     if cfg.save_json:
         callbacks.append(PredictionsJson(run_dir / "predictions.json"))
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, precision=cfg.precision, logger=False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -52,6 +52,15 @@ class DetectionModel(nn.Module):
             sum(p.numel() for p in self.parameters()),
             detect.stride.tolist(),
         )
+
+    def freeze(self, layers: Iterable[int]) -> int:
+        """Stop the gradients of these layers' parameters (YOLOv5's ``--freeze``); returns the tensors frozen."""
+        prefixes = tuple(f"model.{i}." for i in layers)
+        frozen = 0
+        for name, p in self.named_parameters():
+            p.requires_grad = not name.startswith(prefixes)
+            frozen += not p.requires_grad
+        return frozen
 
     @property
     def detect(self) -> Detect:
