@@ -1,23 +1,32 @@
-"""Benchmark: our anchor search vs a faithful re-implementation of YOLOv5's kmean_anchors, on the same boxes.
+"""Benchmark: our anchor search against YOLOv5 7.0's own ``kmean_anchors``, on the same boxes, in one run.
 
-Run: .venv/bin/python bench/autoanchor.py [--boxes 100000] [--gen 1000] [--threads N] [--skip-yolov5]
+    bench/yolov5_env.sh            # once: YOLOv5 7.0 in bench/.venv-yolov5 (never a dependency of ours)
+    .venv/bin/python bench/autoanchor.py [--boxes 100000] [--gen 1000] [--skip-yolov5]
 
-The YOLOv5 baseline below is written from the reference notes §5 (k-means on all boxes, 1000
-generations of one mutated candidate each, scored over all boxes with the division-based metric in torch); it
-exists only to be timed here. Both results are scored on all boxes with ``detector.anchors.anchor_fitness``.
+YOLOv5's function runs in its own environment (a child process of this script, ``--yolov5-child``), on a stand-in
+dataset with its ``.shapes`` and ``.labels`` built from the same seed, with numpy's global seed set; it is timed
+inside the child, so the child's imports are not counted. Both results are scored on all boxes with
+``detector.anchors.anchor_fitness``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
-from scipy.cluster.vq import kmeans
 
 from detector.anchor_search import kmean_anchors
 from detector.anchors import anchor_fitness, anchor_metrics, label_wh
+
+ROOT = Path(__file__).resolve().parents[1]
+Y5_PY = ROOT / "bench" / ".venv-yolov5" / "bin" / "python"
 
 
 def make_dataset(n_boxes: int, seed: int = 0, per_image: int = 5) -> tuple[list[np.ndarray], np.ndarray]:
@@ -39,29 +48,27 @@ def make_dataset(n_boxes: int, seed: int = 0, per_image: int = 5) -> tuple[list[
     return labels, sizes_wh
 
 
-def yolov5_kmean_anchors(wh0: np.ndarray, n: int, thr: float, gen: int, rng: np.random.Generator) -> np.ndarray:
-    """YOLOv5's algorithm as described: filter, whitened k-means, greedy (1+1) mutation over all boxes."""
-    t = 1 / thr
-    wh = wh0[(wh0 >= 2.0).any(1)].astype(np.float32)
-    s = wh.std(0)
-    k = kmeans(wh / s, n, iter=30, rng=rng)[0] * s
-    wh_t = torch.tensor(wh)
+def yolov5_child(args: argparse.Namespace) -> None:
+    """In YOLOv5's environment: its kmean_anchors on the same labels; prints seconds and anchors as JSON."""
+    from yolov5.utils.autoanchor import kmean_anchors as yolov5_kmean_anchors
 
-    def fitness(anchors: np.ndarray) -> float:
-        r = wh_t[:, None] / torch.tensor(anchors, dtype=torch.float32)[None]
-        best = torch.min(r, 1 / r).min(2)[0].max(1)[0]
-        return float((best * (best > t).float()).mean())
+    labels, sizes_wh = make_dataset(args.boxes, args.seed)
+    dataset = SimpleNamespace(shapes=sizes_wh.astype(np.float64), labels=labels)
+    np.random.seed(args.seed)
+    t0 = time.perf_counter()
+    anchors = yolov5_kmean_anchors(dataset, args.n, args.imgsz, args.thr, args.gen, verbose=False)
+    print(json.dumps({"seconds": time.perf_counter() - t0, "anchors": np.asarray(anchors).tolist()}))
 
-    f, shape, mp, sigma = fitness(k), k.shape, 0.9, 0.1
-    for _ in range(gen):
-        v = np.ones(shape)
-        while (v == 1).all():
-            v = ((rng.random(shape) < mp) * rng.random() * rng.standard_normal(shape) * sigma + 1).clip(0.3, 3.0)
-        kg = (k * v).clip(min=2.0)
-        fg = fitness(kg)
-        if fg > f:
-            f, k = fg, kg
-    return k[np.argsort(k.prod(1))].astype(np.float32)
+
+def run_yolov5(args: argparse.Namespace) -> tuple[float, np.ndarray]:
+    cmd = [str(Y5_PY), str(Path(__file__).resolve()), "--yolov5-child", "--boxes", str(args.boxes), "--gen",
+           str(args.gen), "--n", str(args.n), "--imgsz", str(args.imgsz), "--thr", str(args.thr), "--seed",
+           str(args.seed)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MPLBACKEND": "Agg", "YOLO_OFFLINE": "1",
+           "ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS": "1", "YOLOv5_AUTOINSTALL": "false"}  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    result = json.loads(out)
+    return result["seconds"], np.asarray(result["anchors"], np.float32)
 
 
 def main() -> None:
@@ -75,11 +82,11 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--climbers", type=int, default=4)
     ap.add_argument("--max-fit-boxes", type=int, default=8192)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads for the YOLOv5 baseline")
     ap.add_argument("--skip-yolov5", action="store_true")
+    ap.add_argument("--yolov5-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.yolov5_child:
+        return yolov5_child(args)
 
     labels, sizes_wh = make_dataset(args.boxes, args.seed)
     wh = label_wh(labels, sizes_wh, args.imgsz)
@@ -112,11 +119,9 @@ def main() -> None:
     print("         anchors " + ", ".join(f"{w:.0f},{h:.0f}" for w, h in ours))
     if args.skip_yolov5:
         return
-    t0 = time.perf_counter()
-    ref = yolov5_kmean_anchors(wh, args.n, args.thr, args.gen, np.random.default_rng(args.seed))
-    t_ref = time.perf_counter() - t0
+    t_ref, ref = run_yolov5(args)
     bpr, aat = anchor_metrics(ref, wh_f, args.thr)
-    print(f"yolov5 : {t_ref:7.2f} s  fitness {anchor_fitness(ref, wh_f, args.thr):.5f}  BPR {bpr:.4f}  aat {aat:.2f}")
+    print(f"YOLOv5 : {t_ref:7.2f} s  fitness {anchor_fitness(ref, wh_f, args.thr):.5f}  BPR {bpr:.4f}  aat {aat:.2f}")
     print("         anchors " + ", ".join(f"{w:.0f},{h:.0f}" for w, h in ref))
     print(f"speed-up: {t_ref / t_ours:.1f}x")
 

@@ -21,6 +21,7 @@ import logging
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")  # Lightning's notes on the loop without validation
     timed = args.steps - args.warmup - 1
     print(f"device {args.device}, batch {args.batch}, {timed} timed steps, torch {torch.__version__}")
     print(f"{'model':8} {'imgsz':>5} {'ours img/s':>11} {'bare img/s':>11} {'ours/bare':>10}")

@@ -143,7 +143,8 @@ def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
     module = build_module(cfg, nc, names)
     if cfg.weights and ckpt is None:  # a resumed run has its checkpoint's weights
         keep_anchors = not module.model.placeholder_anchors  # hyp.anchors asks AutoAnchor for new ones
-        transfer_weights(module.model, Path(cwd) / str(cfg.weights), str(cfg.model.get("name")), keep_anchors)
+        weights = Path(cwd) / Path(str(cfg.weights)).expanduser()
+        transfer_weights(module.model, weights, str(cfg.model.get("name")), keep_anchors)
     datamodule = build_datamodule(cfg, data, stride=int(module.model.stride.max()))
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
