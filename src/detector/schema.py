@@ -39,6 +39,7 @@ class TrainSchema:
     cos_lr: bool = MISSING
     ckpt_path: Optional[str] = None  # noqa: UP045
     resume_may_differ: list[str] = field(default_factory=list)
+    channels_last: bool = MISSING
     nbs: int = MISSING
     schedule: Any = MISSING
     max_grad_norm: float = MISSING
