@@ -74,6 +74,8 @@ class YoloProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
+        if self.is_disabled:  # other DDP ranks: no device-to-host copy of the losses
+            return
         items = pl_module.last_loss_items.detach().float().cpu()
         self._mean_loss = (self._mean_loss * batch_idx + items) / (batch_idx + 1)
         n = batch_idx + 1
