@@ -40,10 +40,6 @@ class YoloProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         return {}  # the values are in the description, as YOLOv5 shows them
 
-    @property
-    def validation_description(self) -> str:
-        return TABLE_HEADER
-
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(desc=TABLE_HEADER, total=convert_inf(self.total_val_batches), disable=self.is_disabled,
                     leave=True, dynamic_ncols=True, file=sys.stdout, bar_format=self.BAR_FORMAT)  # fmt: skip
