@@ -81,7 +81,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--climbers", type=int, default=4)
-    ap.add_argument("--max-fit-boxes", type=int, default=8192)
+    ap.add_argument("--kmeans-boxes", type=int, default=4096)
+    ap.add_argument("--kmeans-iter", type=int, default=10)
+    ap.add_argument("--bin-step", type=float, default=0.08, help="0: no binning")
     ap.add_argument("--skip-yolov5", action="store_true")
     ap.add_argument("--yolov5-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -106,7 +108,9 @@ def main() -> None:
         np.random.default_rng(args.seed),
         population=args.population,
         climbers=args.climbers,
-        max_fit_boxes=args.max_fit_boxes,
+        kmeans_boxes=args.kmeans_boxes,
+        kmeans_iter=args.kmeans_iter,
+        bin_step=args.bin_step or None,
         verbose=False,
     )
     t_ours = time.perf_counter() - t0
@@ -114,7 +118,7 @@ def main() -> None:
     print(
         f"ours   : {t_ours:7.2f} s  fitness {anchor_fitness(ours, wh_f, args.thr):.5f}  BPR {bpr:.4f}  "
         f"aat {aat:.2f}  (population {args.population}, {args.climbers} climbers, "
-        f"fit on {args.max_fit_boxes} boxes)"
+        f"k-means on {args.kmeans_boxes} boxes x {args.kmeans_iter}, bin step {args.bin_step})"
     )
     print("         anchors " + ", ".join(f"{w:.0f},{h:.0f}" for w, h in ours))
     if args.skip_yolov5:

@@ -34,7 +34,9 @@ class AutoAnchor(L.Callback):
         scale_jitter: per-image scale range applied to label sizes when measuring BPR.
         population: mutations scored per generation.
         climbers: independent hill climbers sharing the population.
-        max_fit_boxes: labels the search fits on (random subsample; None: all).
+        kmeans_boxes: labels k-means runs on (random subsample; None: all).
+        kmeans_iter: k-means restarts.
+        bin_step: log-size grid the genetic search bins all labels on (None: unbinned).
     """
 
     def __init__(
@@ -49,7 +51,9 @@ class AutoAnchor(L.Callback):
         scale_jitter: tuple[float, float],
         population: int,
         climbers: int,
-        max_fit_boxes: int | None,
+        kmeans_boxes: int | None,
+        kmeans_iter: int,
+        bin_step: float | None,
     ) -> None:
         self.thr = float(thr)
         self.imgsz = int(imgsz)
@@ -60,7 +64,9 @@ class AutoAnchor(L.Callback):
         self.scale_jitter = (float(scale_jitter[0]), float(scale_jitter[1]))
         self.population = int(population)
         self.climbers = int(climbers)
-        self.max_fit_boxes = None if max_fit_boxes is None else int(max_fit_boxes)
+        self.kmeans_boxes = None if kmeans_boxes is None else int(kmeans_boxes)
+        self.kmeans_iter = int(kmeans_iter)
+        self.bin_step = None if bin_step is None else float(bin_step)
         self.result: AnchorCheck | None = None  # the last check (rank 0 only), for inspection
         self._deferred = False
 
@@ -135,7 +141,9 @@ class AutoAnchor(L.Callback):
             rng=rng,
             population=self.population,
             climbers=self.climbers,
-            max_fit_boxes=self.max_fit_boxes,
+            kmeans_boxes=self.kmeans_boxes,
+            kmeans_iter=self.kmeans_iter,
+            bin_step=self.bin_step,
         )
         level = logging.WARNING if res.warn else logging.INFO
         if res.anchors is None:

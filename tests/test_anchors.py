@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from detector.anchor_check import check_anchors
-from detector.anchor_search import default_anchor_spread, evolve_anchors, kmean_anchors, population_fitness, spread_init
+from detector.anchor_search import (
+    bin_label_sizes,
+    default_anchor_spread,
+    evolve_anchors,
+    kmean_anchors,
+    population_fitness,
+    spread_init,
+)
 from detector.anchors import (
     anchor_fitness,
     anchor_metrics,
@@ -160,9 +167,40 @@ def test_kmean_anchors_is_deterministic_for_a_seed():
     np.testing.assert_array_equal(a, b)
 
 
+def test_binned_sizes_count_every_label_once_within_one_grid_step():
+    rng = np.random.default_rng(0)
+    wh = np.exp(rng.normal(3.0, 1.0, (20000, 2)))
+    sizes, counts = bin_label_sizes(wh, 0.08)
+    assert counts.sum() == len(wh) and len(sizes) < len(wh) / 3
+    # each bin sits at the mean of its labels, inside their grid cell (so within one step in log size of each),
+    # and holds exactly the labels of that cell
+    cells, per_cell = np.unique(np.floor(np.log(wh) / 0.08), axis=0, return_counts=True)
+    size_cells = np.floor(np.log(sizes) / 0.08)
+    order = np.lexsort(size_cells.T[::-1])
+    np.testing.assert_array_equal(size_cells[order], cells)
+    np.testing.assert_array_equal(counts[order], per_cell)
+    same, ones = bin_label_sizes(wh, None)
+    np.testing.assert_array_equal(same, wh) and np.testing.assert_array_equal(ones, np.ones(len(wh)))
+
+
+def test_weighted_fitness_counts_a_label_weight_times_and_binning_changes_little():
+    rng = np.random.default_rng(1)
+    wh = np.exp(rng.normal(3.0, 0.8, (300, 2)))
+    reps = rng.integers(1, 5, len(wh))
+    cands = np.exp(rng.normal(3.0, 0.8, (4, 9, 2)))
+    log = lambda a: np.log(a.T).astype(np.float32)  # noqa: E731
+    weighted = population_fitness(cands, log(wh), 4.0, reps.astype(float))
+    repeated = population_fitness(cands, log(np.repeat(wh, reps, 0)), 4.0)
+    np.testing.assert_allclose(weighted, repeated, rtol=1e-6)
+    many = np.exp(rng.normal(3.0, 0.8, (20000, 2)))
+    sizes, counts = bin_label_sizes(many, 0.08)
+    exact = [anchor_fitness(c, many, 4.0) for c in cands]
+    np.testing.assert_allclose(population_fitness(cands, log(sizes), 4.0, counts), exact, atol=2e-3)
+
+
 def test_subsample_result_rescored_on_all_boxes():
     wh = elongated(5000)
-    k = kmean_anchors(wh, 9, 640, 4.0, gen=30, rng=np.random.default_rng(0), max_fit_boxes=500)
+    k = kmean_anchors(wh, 9, 640, 4.0, gen=30, rng=np.random.default_rng(0), kmeans_boxes=500)
     assert anchor_metrics(k, wh, 4.0)[0] > 0.98
 
 

@@ -1,8 +1,9 @@
 """AutoAnchor's search: k-means on the label sizes, then YOLOv5's genetic refinement.
 
 The search keeps YOLOv5's mutation and greedy acceptance, but each generation scores a batch of mutations at once
-(several independent hill climbers, each trying a few mutations, instead of one climber trying one), on a random
-subsample of the labels, in log space; the result is re-scored on every label and is never worse than the k-means
+(several independent hill climbers, each trying a few mutations, instead of one climber trying one), in log space,
+on every label binned on a log-size grid (one weighted point per occupied bin, ~3,000 for 100,000 labels); k-means
+runs on a random subsample. The result is re-scored exactly on every label and is never worse than the k-means
 start. Pixels, ``(w, h)``.
 """
 
@@ -14,7 +15,7 @@ import math
 import numpy as np
 from scipy.cluster.vq import kmeans
 
-from detector.anchors import anchor_fitness, clean_wh, describe_anchors
+from detector.anchors import clean_wh, describe_anchors
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,31 @@ def _kmeans_init(wh: np.ndarray, n: int, iters: int, rng: np.random.Generator) -
     return k
 
 
-def population_fitness(cands: np.ndarray, log_wh: np.ndarray, thr: float) -> np.ndarray:
-    """Fitness ``(P,)`` of anchor sets ``(P, n, 2)`` (pixels) on label sizes given as logs ``(2, N)`` float32.
+def bin_label_sizes(wh: np.ndarray, log_step: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Label sizes ``(N, 2)`` grouped on a grid of ``log_step`` in ``(log w, log h)``: ``(sizes, counts)``, one
+    row per occupied cell, at the geometric mean of its labels. ``None`` or 0: every label its own row.
+
+    A label moves by at most ``log_step`` in log size (8 % at 0.08), so fitness changes by about 1e-3 of itself;
+    the search only ranks candidates on it, the result is scored exactly.
+    """
+    wh = np.asarray(wh, dtype=np.float64).reshape(-1, 2)
+    if not log_step or len(wh) == 0:
+        return wh, np.ones(len(wh))
+    lw = np.log(wh.clip(min=1e-6))
+    cell = np.floor(lw / log_step).astype(np.int64)
+    cell -= cell.min(0)
+    key = cell[:, 0] * (int(cell[:, 1].max()) + 1) + cell[:, 1]  # one integer per cell: a 1-D unique is ~10x faster
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    mean = np.zeros((len(counts), 2))
+    np.add.at(mean, inverse, lw)
+    return np.exp(mean / counts[:, None]), counts.astype(np.float64)
+
+
+def population_fitness(
+    cands: np.ndarray, log_wh: np.ndarray, thr: float, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Fitness ``(P,)`` of anchor sets ``(P, n, 2)`` (pixels) on label sizes given as logs ``(2, N)`` float32,
+    each label counted ``weights`` times (None: once).
 
     In log space ``x = exp(-max(|dlog w|, |dlog h|))``, so ``best > 1/thr`` is ``min distance < log thr``:
     the same metric as ``ratio_metric`` with no divisions, and a running minimum over anchors keeps the work
@@ -65,6 +89,7 @@ def population_fitness(cands: np.ndarray, log_wh: np.ndarray, thr: float) -> np.
     lk = np.log(np.asarray(cands, dtype=np.float64)).astype(np.float32)
     log_thr = np.float32(math.log(thr))
     n_pop, n_anchor, _ = lk.shape
+    w = np.ones(log_wh.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
     total = np.zeros(n_pop, np.float64)
     for i in range(0, log_wh.shape[1], _GA_BLOCK):
         lw, lh = log_wh[0, i : i + _GA_BLOCK], log_wh[1, i : i + _GA_BLOCK]
@@ -74,8 +99,8 @@ def population_fitness(cands: np.ndarray, log_wh: np.ndarray, thr: float) -> np.
             np.abs(np.subtract(lw, lk[:, j, 0:1], out=a), out=a)
             np.abs(np.subtract(lh, lk[:, j, 1:2], out=b), out=b)
             np.minimum(dmin, np.maximum(a, b, out=a), out=dmin)
-        total += (np.exp(-dmin) * (dmin < log_thr)).sum(1, dtype=np.float64)
-    return total / max(1, log_wh.shape[1])
+        total += (np.exp(-dmin) * (dmin < log_thr)).astype(np.float64) @ w[i : i + _GA_BLOCK]
+    return total / max(w.sum(), 1e-12)
 
 
 def evolve_anchors(
@@ -85,6 +110,7 @@ def evolve_anchors(
     gen: int,
     rng: np.random.Generator,
     *,
+    weights: np.ndarray | None = None,
     population: int = 16,
     climbers: int = 4,
     mutation_prob: float = 0.9,
@@ -94,7 +120,8 @@ def evolve_anchors(
 ) -> tuple[np.ndarray, float]:
     """Genetic refinement as ``climbers`` independent greedy hill climbers started from ``k``; each generation
     every climber scores ``population // climbers`` YOLOv5 mutations of its anchors (all scored in one batch)
-    and keeps the best if it beats its fitness. Returns the best climber's ``(anchors, fitness on wh)``.
+    and keeps the best if it beats its fitness. Returns the best climber's ``(anchors, fitness on wh)``, each
+    label counted ``weights`` times (None: once).
 
     One mutation is ``v = ((U < mutation_prob) * u * N(0, 1) * sigma + 1).clip(*clip_factors)`` per element,
     ``u`` one uniform per candidate, redrawn while every factor is 1; candidate ``(k * v).clip(min_anchor)``.
@@ -105,7 +132,7 @@ def evolve_anchors(
     n_climb = max(1, min(climbers, population))
     n_cand = max(1, population // n_climb)
     ks = np.repeat(k[None], n_climb, 0)
-    f = np.repeat(population_fitness(k[None], log_wh, thr), n_climb)
+    f = np.repeat(population_fitness(k[None], log_wh, thr, weights), n_climb)
     shape = (n_climb, n_cand, *k.shape)
     rows = np.arange(n_climb)
     for _ in range(gen):
@@ -118,7 +145,7 @@ def evolve_anchors(
             v[todo] = (mask * u * rng.standard_normal((m, *k.shape)) * sigma + 1).clip(*clip_factors)
             todo = (v == 1).all((2, 3))
         cand = (ks[:, None] * v).clip(min=min_anchor)
-        fg = population_fitness(cand.reshape(-1, *k.shape), log_wh, thr).reshape(shape[:2])
+        fg = population_fitness(cand.reshape(-1, *k.shape), log_wh, thr, weights).reshape(shape[:2])
         i = fg.argmax(1)
         better = fg[rows, i] > f
         ks[better], f[better] = cand[rows, i][better], fg[rows, i][better]
@@ -136,8 +163,9 @@ def kmean_anchors(
     *,
     population: int = 16,
     climbers: int = 4,
-    max_fit_boxes: int | None = 8192,
-    kmeans_iter: int = 30,
+    kmeans_boxes: int | None = 4096,
+    kmeans_iter: int = 10,
+    bin_step: float | None = 0.08,
     mutation_prob: float = 0.9,
     sigma: float = 0.1,
     clip_factors: tuple[float, float] = (0.3, 3.0),
@@ -147,11 +175,12 @@ def kmean_anchors(
 ) -> np.ndarray:
     """Anchors ``(n, 2)`` float32 in pixels, sorted by area, fitted to label sizes ``wh0`` (pixels at imgsz).
 
-    Labels with both sides under ``min_label`` px are ignored. k-means (whitened, ``kmeans_iter`` restarts)
-    starts the search; with fewer distinct labels than anchors, or if k-means fails, ``spread_init`` does.
-    ``evolve_anchors`` then refines for ``gen`` generations (``population`` mutations per generation shared by
-    ``climbers`` hill climbers). Both run on at most ``max_fit_boxes`` random labels (None: all).
-    The result is the better of start and evolved anchors on all labels. Never raises on degenerate data.
+    Labels with both sides under ``min_label`` px are ignored. k-means (whitened, ``kmeans_iter`` restarts, on at
+    most ``kmeans_boxes`` random labels; None: all) starts the search; with fewer distinct labels than anchors, or
+    if k-means fails, ``spread_init`` does. ``evolve_anchors`` then refines for ``gen`` generations (``population``
+    mutations per generation shared by ``climbers`` hill climbers) on all labels binned by ``bin_label_sizes``
+    (``bin_step`` in log size; None: unbinned). The result is the better of start and evolved anchors, scored
+    exactly on all labels. Never raises on degenerate data.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     wh0 = clean_wh(wh0)
@@ -159,14 +188,18 @@ def kmean_anchors(
         logger.warning("AutoAnchor: no labels to fit anchors to; using a default spread of %d anchors", n)
         return default_anchor_spread(n, imgsz)
     wh = _usable_sizes(wh0, min_label, min_anchor)
-    fit = wh
-    if max_fit_boxes is not None and len(wh) > max_fit_boxes:
-        fit = wh[rng.choice(len(wh), max_fit_boxes, replace=False)]
-    k0 = _start_anchors(fit, n, thr, kmeans_iter, min_anchor, rng)
+    sample = wh
+    if kmeans_boxes is not None and len(wh) > kmeans_boxes:
+        sample = wh[rng.choice(len(wh), kmeans_boxes, replace=False)]
+    k0 = _start_anchors(sample, n, thr, kmeans_iter, min_anchor, rng)
+    sizes, counts = bin_label_sizes(wh, bin_step)
     search = dict(population=population, climbers=climbers, mutation_prob=mutation_prob, sigma=sigma)
-    k, _ = evolve_anchors(k0, fit, thr, gen, rng, clip_factors=clip_factors, min_anchor=min_anchor, **search)
-    if anchor_fitness(k0, wh, thr) > anchor_fitness(k, wh, thr):
-        k = k0  # the subsample favoured a set that is worse on all labels
+    k, _ = evolve_anchors(k0, sizes, thr, gen, rng, weights=counts, clip_factors=clip_factors,
+                          min_anchor=min_anchor, **search)  # fmt: skip
+    log_wh = np.log(wh.clip(min=1e-6).T).astype(np.float32)
+    exact = population_fitness(np.stack([k0, k]), log_wh, thr)  # anchor_fitness on every label, faster
+    if exact[0] > exact[1]:
+        k = k0  # the binned sizes favoured a set that is worse on the labels themselves
     k = k[np.argsort(k.prod(1), kind="stable")].astype(np.float32)
     if not np.isfinite(k).all():  # cannot happen with finite inputs; belt and braces against NaN anchors
         logger.warning("AutoAnchor: non-finite anchors computed; using a default spread")
