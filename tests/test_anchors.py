@@ -180,7 +180,8 @@ def test_binned_sizes_count_every_label_once_within_one_grid_step():
     np.testing.assert_array_equal(size_cells[order], cells)
     np.testing.assert_array_equal(counts[order], per_cell)
     same, ones = bin_label_sizes(wh, None)
-    np.testing.assert_array_equal(same, wh) and np.testing.assert_array_equal(ones, np.ones(len(wh)))
+    np.testing.assert_array_equal(same, wh)
+    np.testing.assert_array_equal(ones, np.ones(len(wh)))
 
 
 def test_weighted_fitness_counts_a_label_weight_times_and_binning_changes_little():
