@@ -5,12 +5,14 @@
     .venv/bin/python bench/accuracy.py --data small-objects --epochs 30 --imgsz 320
 
 Both train yolov5n from scratch with hyp scratch-low, SGD, batch 16, AutoAnchor on, our defaults otherwise
-(``--optimizer AdamW --lr0 0.001``: both on AdamW, a budget at which the built-in data is learned on CPU). Runs
+(``--optimizer AdamW --lr0 0.001``: both on AdamW, a budget at which the built-in data is learned on CPU;
+``--hyp warmup_bias_lr=0`` and other hyp values go to both). Runs
 alternate (YOLOv5 seed 0, ours seed 0, YOLOv5 seed 1, ...) so that drift of the machine hits both alike. Prints
 per-epoch train/val losses (mean and min-max over the seeds) and final mAP@0.5 and mAP@0.5:0.95 per seed, with
 mean and spread; writes everything to ``--out`` as JSON. Runs already finished under ``--out`` are reused, so
 an interrupted call continues where it stopped. ``--data`` is ``shapes`` (the built-in dataset),
-``small-objects`` (generated here: 480-800 px images with 2-10 objects of 8-48 px) or a YOLOv5 data yaml.
+``small-objects`` (generated here: 480-800 px images with 2-10 objects of 8-48 px), ``large-images`` (640-960 px
+images with 1-6 objects of 32 px up to a quarter of the short side) or a YOLOv5 data yaml.
 """
 
 from __future__ import annotations
@@ -35,8 +37,19 @@ COLUMNS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "val/box_loss",
 METRICS = ("metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
 
 
-def small_objects_dataset(root: Path, n_train: int = 384, n_val: int = 96) -> Path:
-    """Larger images with small objects, drawn by the built-in generator with other sizes; returns the yaml."""
+# Generated datasets of another character than the built-in one (128-256 px images, 1-4 objects of 14 px up to 60 % of
+# the short side): render_sample's settings and the train/val image counts.
+GENERATED = {
+    # larger images with small objects: 8-48 px objects in 480-800 px images (2-15 px at imgsz 256)
+    "small-objects": dict(long_side=(480, 800), max_objects=10, p_background=0.02, min_size=8, max_size_frac=0.08),
+    # large textured JPEGs shrunk 4-6x at imgsz 160 (aliasing: linear resize in training, area in validation):
+    # 1-6 objects of 32 px up to a quarter of the short side
+    "large-images": dict(long_side=(640, 960), max_objects=6, p_background=0.02, min_size=32, max_size_frac=0.25),
+}
+
+
+def generated_dataset(root: Path, settings: dict, n_train: int = 384, n_val: int = 96) -> Path:
+    """A dataset drawn by the built-in generator with other sizes (``GENERATED``), as JPEGs; returns the yaml."""
     import cv2
     import yaml
 
@@ -52,9 +65,7 @@ def small_objects_dataset(root: Path, n_train: int = 384, n_val: int = 96) -> Pa
         (tmp / "labels" / split).mkdir(parents=True)
         for i in range(n):
             rng = np.random.default_rng([7, split_id, i])
-            img, labels, _ = render_sample(
-                rng, long_side=(480, 800), max_objects=10, p_background=0.02, min_size=8, max_size_frac=0.08
-            )
+            img, labels, _ = render_sample(rng, **settings)
             cv2.imwrite(str(tmp / "images" / split / f"{i:05d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
             rows = [f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels]
             (tmp / "labels" / split / f"{i:05d}.txt").write_text("".join(rows))
@@ -70,8 +81,8 @@ def resolve_data(name: str) -> Path:
         from detector.data.shapes import ensure_shapes_dataset
 
         return ensure_shapes_dataset(DATASETS / "shapes")
-    if name == "small-objects":
-        return small_objects_dataset(DATASETS / "small-objects")
+    if name in GENERATED:
+        return generated_dataset(DATASETS / name, GENERATED[name])
     return Path(name).resolve()
 
 
@@ -94,19 +105,34 @@ def yolov5_env(work: Path) -> dict[str, str]:
     }
 
 
+def hyp_overrides(args: argparse.Namespace) -> dict[str, float]:
+    """The hyp values both trainers get on top of scratch-low: ``--lr0`` and every ``--hyp KEY=VALUE``."""
+    values = {} if args.lr0 is None else {"lr0": args.lr0}
+    for item in args.hyp:
+        key, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"--hyp takes KEY=VALUE, got {item!r}")
+        values[key] = float(value)
+    return values
+
+
 def yolov5_hyp(args: argparse.Namespace, out: Path) -> Path:
-    """YOLOv5's own hyp.scratch-low.yaml, or a copy of it in ``out`` with ``--lr0`` applied."""
+    """YOLOv5's own hyp.scratch-low.yaml, or a copy of it in ``out`` with the ``hyp_overrides`` applied."""
     import yaml
 
     root = subprocess.check_output(
         [str(Y5_PY), "-c", "import yolov5, pathlib; print(pathlib.Path(yolov5.__file__).parent)"], text=True
     ).strip()
     hyp = Path(root) / "data" / "hyps" / "hyp.scratch-low.yaml"
-    if args.lr0 is None:
+    overrides = hyp_overrides(args)
+    if not overrides:
         return hyp
-    values = yaml.safe_load(hyp.read_text()) | {"lr0": args.lr0}
-    copy = out / f"hyp.scratch-low.lr0-{args.lr0}.yaml"
-    copy.write_text(yaml.safe_dump(values, sort_keys=False))
+    values = yaml.safe_load(hyp.read_text())
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        sys.exit(f"not keys of YOLOv5's hyp.scratch-low.yaml: {unknown}")
+    copy = out / "hyp.scratch-low.bench.yaml"
+    copy.write_text(yaml.safe_dump(values | overrides, sort_keys=False))
     return copy
 
 
@@ -118,6 +144,8 @@ def run_yolov5(data: Path, args: argparse.Namespace, seed: int, out: Path) -> Pa
         "--optimizer", args.optimizer,
         "--project", str(out), "--name", f"yolov5-seed{seed}", "--exist-ok", "--noplots",
     ]  # fmt: skip
+    if args.cache:
+        cmd += ["--cache", args.cache]
     with open(out / f"yolov5-seed{seed}.log", "w") as log:
         subprocess.run(cmd, env=yolov5_env(out), stdout=log, stderr=subprocess.STDOUT, check=True, cwd=out)
     return out / f"yolov5-seed{seed}" / "results.csv"
@@ -131,8 +159,9 @@ def run_ours(data: Path, args: argparse.Namespace, seed: int, out: Path) -> Path
         f"seed={seed}", f"optimizer={args.optimizer}", "trainer=cpu", "trainer.enable_progress_bar=false",
         f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
-    if args.lr0 is not None:
-        cmd.append(f"hyp.lr0={args.lr0}")
+    cmd += [f"hyp.{key}={value}" for key, value in hyp_overrides(args).items()]
+    if args.cache:
+        cmd.append(f"cache={args.cache}")
     if args.optimizer != "SGD":
         cmd.append("schedule.ramp_adam_beta1=false")  # YOLOv5 ramps SGD momentum only
     cmd += args.ours
@@ -166,8 +195,45 @@ def summary(runs: dict[str, dict[int, dict[str, list[float]]]]) -> str:
         for m in METRICS:
             v = np.array([r[m][-1] for r in runs[t].values()])
             per_seed = " ".join(f"{x:.4f}" for x in v)
-            lines.append(f"{t:8s} {m:22s} seeds {per_seed}  mean {v.mean():.4f}  spread {v.max() - v.min():.4f}")
+            sd = f"  sd {v.std(ddof=1):.4f}" if len(v) > 1 else ""
+            lines.append(f"{t:8s} {m:22s} seeds {per_seed}  mean {v.mean():.4f}  spread {v.max() - v.min():.4f}{sd}")
+    if set(trainers) == {"yolov5", "detector"}:
+        lines += verdict(runs["yolov5"], runs["detector"], n_epochs)
     return "\n".join(lines)
+
+
+def verdict(ref: dict[int, dict[str, list[float]]], ours: dict[int, dict[str, list[float]]], n_epochs: int) -> list:
+    """Issue 8's criteria: final mAP@0.5:0.95 mean and spread against YOLOv5's (with Welch's t, so that a gap can be
+    told from seed noise) and the epochs from 5 on where our mean train box loss lies inside YOLOv5's seed range."""
+    from scipy import stats
+
+    m = "metrics/mAP_0.5:0.95"
+    a, b = (np.array([r[m][-1] for r in runs.values()]) for runs in (ref, ours))
+    lines = ["\nissue 8 criteria (ours against YOLOv5)"]
+    ratio = b.mean() / a.mean() if a.mean() > 0 else float("nan")
+    met = "met" if b.mean() >= a.mean() else "NOT met"
+    lines.append(f"  mAP@0.5:0.95 mean {b.mean():.4f} vs {a.mean():.4f} ({ratio:.2f}x): {met}")
+    wider = np.ptp(b) > np.ptp(a)
+    lines.append(f"  spread {np.ptp(b):.4f} vs {np.ptp(a):.4f}: {'NOT met' if wider else 'met'}")
+    if len(a) > 1 and len(b) > 1:
+        t, p = stats.ttest_ind(b, a, equal_var=False)
+        lines.append(f"  Welch t {t:.2f} (p {p:.2f}; |t| < 2 is within seed noise)")
+        # The final epoch's mAP jumps between epochs when the EMA barely averages (few optimizer steps): the mean of
+        # each run's last 5 epochs is a steadier figure of the same thing.
+        a5, b5 = (np.array([np.mean(r[m][-5:]) for r in runs.values()]) for runs in (ref, ours))
+        t5, p5 = stats.ttest_ind(b5, a5, equal_var=False)
+        lines.append(
+            f"  mean of the last 5 epochs: {b5.mean():.4f} (sd {b5.std(ddof=1):.4f}) vs {a5.mean():.4f} "
+            f"(sd {a5.std(ddof=1):.4f}), {b5.mean() / a5.mean():.2f}x, Welch t {t5:.2f} (p {p5:.2f})"
+        )
+    col = "train/box_loss"
+    inside = []
+    for e in range(5, n_epochs):
+        ref_e = [r[col][e] for r in ref.values()]
+        mean_e = float(np.mean([r[col][e] for r in ours.values()]))
+        inside.append(min(ref_e) <= mean_e <= max(ref_e))
+    lines.append(f"  train box loss mean inside YOLOv5's seed range: {sum(inside)} of {len(inside)} epochs from 5")
+    return lines
 
 
 def main() -> None:
@@ -179,6 +245,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--optimizer", default="SGD", choices=["SGD", "Adam", "AdamW"], help="both trainers")
     parser.add_argument("--lr0", type=float, default=None, help="hyp lr0 for both (default: scratch-low's)")
+    parser.add_argument("--hyp", action="append", default=[], metavar="KEY=VALUE", help="a hyp value for both (repeat)")
+    parser.add_argument("--cache", choices=["ram", "disk"], default=None, help="image cache for both (large JPEGs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trainers", nargs="+", default=["yolov5", "detector"], choices=["yolov5", "detector"])
     parser.add_argument("--out", type=Path, default=None, help="folder for runs, logs and summary.json")
@@ -197,7 +265,8 @@ def main() -> None:
             t0 = time.perf_counter()
             if done.exists() and len(read_results(done).get("train/box_loss", [])) == args.epochs:
                 path = done  # finished in an earlier, interrupted call with the same --out: reused, time 0
-            else:
+            else:  # an unfinished run's folder goes first: YOLOv5 appends to an existing results.csv
+                shutil.rmtree(done.parent, ignore_errors=True)
                 path = (run_yolov5 if trainer == "yolov5" else run_ours)(data, args, seed, out)
             times[trainer].append(time.perf_counter() - t0)
             runs[trainer][seed] = read_results(path)
@@ -205,7 +274,7 @@ def main() -> None:
                   f"{runs[trainer][seed]['metrics/mAP_0.5:0.95'][-1]:.4f}", flush=True)  # fmt: skip
     text = summary(runs)
     print(f"data {data}, imgsz {args.imgsz}, batch {args.batch}, epochs {args.epochs}, seeds {args.seeds}, "
-          f"optimizer {args.optimizer}, lr0 {args.lr0 or 'scratch-low'}")  # fmt: skip
+          f"optimizer {args.optimizer}, hyp scratch-low {hyp_overrides(args) or ''}")  # fmt: skip
     print(text)
     if "yolov5" in args.trainers:
         nms = [(out / f"yolov5-seed{s}.log").read_text().count("NMS time limit") for s in args.seeds]
