@@ -1,6 +1,6 @@
 """Data pipeline parity with YOLOv5 7.0 given the same random draws: mosaic + random_perspective, letterbox, HSV.
 
-    PYTHONPATH=src bench/.venv-yolov5/bin/python bench/pipeline_parity.py [--samples 200] [--imgsz 160]
+    PYTHONPATH=src bench/.venv-yolov5/bin/python bench/pipeline_parity.py [--samples 200] [--imgsz 160] [--data shapes]
 
 Runs in YOLOv5's environment with our src/ on the path. Both sides get the same draws: YOLOv5's module-level
 ``random`` (and ``np.random.uniform`` for HSV) is replaced by a scripted stand-in, ours gets a generator stand-in that
@@ -64,7 +64,7 @@ def draws(rng: np.random.Generator, n: int) -> dict:
     }  # fmt: skip
 
 
-def build(imgsz: int, hyp: dict):
+def build(imgsz: int, hyp: dict, data_name: str = "shapes"):
     import yaml
     from accuracy import resolve_data
     from yolov5.utils.dataloaders import LoadImagesAndLabels
@@ -73,13 +73,13 @@ def build(imgsz: int, hyp: dict):
     from detector.data.dataset import YoloDataset
     from detector.data.labels import load_labels
 
-    data = yaml.safe_load(resolve_data("shapes").read_text())
+    data = yaml.safe_load(resolve_data(data_name).read_text())
     train = str(Path(data["path"]) / data["train"])
     y5 = LoadImagesAndLabels(train, imgsz, 16, augment=True, hyp=hyp, rect=False, stride=32, pad=0.0)
     y5val = LoadImagesAndLabels(train, imgsz, 16, augment=False, hyp=hyp, rect=True, stride=32, pad=0.5)
     aug = yaml.safe_load((Path(CONF_DIR) / "augment" / "default.yaml").read_text())
     aug |= {"one_pass": False, "pixel_centres": False, "albumentations": []}
-    ls = load_labels(y5.im_files, None, nc=6, log_report=False)
+    ls = load_labels(y5.im_files, None, nc=len(data["names"]), log_report=False)
     assert [str(f) for f in ls.im_files] == [str(f) for f in y5.im_files], "label loading kept other images"
     common = dict(imgsz=imgsz, rendering=aug, hyp=hyp, stride=32, seed=0, epochs=300, close_mosaic=0, cache=None,
                   workers=0, threads=1)  # fmt: skip
@@ -102,6 +102,7 @@ def compare(name: str, pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--data", default="shapes", help="as bench/accuracy.py's --data (its generated datasets too)")
     parser.add_argument("--imgsz", type=int, default=160)
     parser.add_argument("--hyp", default="scratch-low", help="a YOLOv5 hyp name: scratch-low, scratch-med, ...")
     parser.add_argument("--set", nargs="*", default=[], help="hyp overrides, e.g. degrees=10 shear=2")
@@ -120,7 +121,7 @@ def main() -> None:
         | {"mosaic": 1.0, "mixup": 0.0, "copy_paste": 0.0}
         | {k: float(v) for k, v in (a.split("=") for a in args.set)}
     )
-    y5, y5val, ours, ours_val = build(args.imgsz, hyp)
+    y5, y5val, ours, ours_val = build(args.imgsz, hyp, args.data)
     rng = np.random.default_rng(0)
     s = args.imgsz
     mosaics, hsv = [], []

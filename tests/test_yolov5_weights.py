@@ -22,7 +22,7 @@ from detector.checkpoint_file import CheckpointError, load_checkpoint, model_fro
 from detector.models import DetectionModel
 from detector.run_config import ConfigError
 from detector.weights_transfer import transfer_weights
-from detector.yolov5_weights import is_yolov5_file, read_pickled, read_yolov5_weights
+from detector.yolov5_weights import is_yolov5_file, model_config, read_pickled, read_yolov5_weights, yaml_args
 from tests.helpers import compose_train
 
 DIR = Path(__file__).parent / "data" / "yolov5_pt"
@@ -70,6 +70,28 @@ def test_our_model_gives_yolov5s_outputs(reference, name, use):
     model.load_state_dict(weights.state_dict, strict=True)  # every name maps onto ours
     assert_same_outputs(model, reference["input"], reference[name][use])
     assert "yolov5" not in sys.modules  # nothing of YOLOv5 was imported to read it
+
+
+def test_yaml_literals_are_read_as_yolov5_reads_them():
+    # YOLOv5's model yamls write [None, 2, 'nearest']; yaml keeps 'None' a string, which parse_model evaluates
+    assert yaml_args(["None", 2, "nearest"]) == [None, 2, "nearest"]
+    assert yaml_args(["nc", "anchors", "False", 1.5]) == ["nc", "anchors", False, 1.5]
+    assert yaml_args(["__import__('os').getcwd()"]) == ["__import__('os').getcwd()"]  # never evaluated as code
+
+
+def test_a_file_trained_from_yolov5s_own_yaml_builds(reference):
+    """Files trained from YOLOv5's models/*.yaml (released weights, users' runs) carry Upsample's size as the string
+    'None' (the fixture's yaml was written with a real None): the model still builds and gives YOLOv5's outputs."""
+    model = read_pickled(DIR / "final.pt")["model"]
+    yaml_cfg = {k: v for k, v in model.state["yaml"].items()}
+    yaml_cfg["head"] = [[f, n, m, ["None" if a is None else a for a in args]] for f, n, m, args in yaml_cfg["head"]]
+    assert any("None" in args for *_, args in yaml_cfg["head"])
+    weights = read_yolov5_weights(DIR / "final.pt", "inference")
+    layers = model.state["_modules"]["model"].state["_modules"]
+    cfg = model_config(yaml_cfg, layers[str(len(layers) - 1)].state, weights.state_dict)
+    built = DetectionModel(cfg, nc=weights.nc)
+    built.load_state_dict(weights.state_dict, strict=True)
+    assert_same_outputs(built, reference["input"], reference["final"]["inference"])
 
 
 def test_the_running_files_ema_and_raw_weights_differ(reference):

@@ -10,6 +10,7 @@ names (``model.<layer>.<...>``) are our :class:`~detector.models.DetectionModel`
 
 from __future__ import annotations
 
+import ast
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,12 +103,27 @@ class Yolov5Weights:
     opt: dict[str, Any] = field(default_factory=dict)  # YOLOv5's training options, when the file has them
 
 
+def yaml_args(args: list[Any]) -> list[Any]:
+    """A layer's arguments as YOLOv5's parse_model reads them: its yaml files write Python literals that yaml leaves
+    as strings (``[None, 2, 'nearest']``), which it evaluates. Ours: literals only (``ast.literal_eval``, never
+    code), so 'None' is None and names such as 'nearest' or 'nc' stay strings."""
+    out = []
+    for a in args:
+        if isinstance(a, str):
+            try:
+                a = ast.literal_eval(a)
+            except (ValueError, SyntaxError):
+                pass
+        out.append(a)
+    return out
+
+
 def model_config(yaml_cfg: dict[str, Any], detect_state: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> dict:
     """Our model config for a YOLOv5 model: its layer lists (``nn.Upsample`` named ``Upsample``), multiples, and
     the anchors in pixels from the Detect buffer (AutoAnchor may have changed them after the yaml was written)."""
     layers = {}
     for part in ("backbone", "head"):
-        layers[part] = [[f, n, str(m).removeprefix("nn."), list(args)] for f, n, m, args in yaml_cfg[part]]
+        layers[part] = [[f, n, str(m).removeprefix("nn."), yaml_args(args)] for f, n, m, args in yaml_cfg[part]]
     anchors_key = next(k for k in state_dict if k.endswith(".anchors"))
     stride = detect_state.get("stride")
     anchors = state_dict[anchors_key].float()
