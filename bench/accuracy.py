@@ -277,7 +277,8 @@ def main() -> None:
           f"optimizer {args.optimizer}, hyp scratch-low {hyp_overrides(args) or ''}")  # fmt: skip
     print(text)
     if "yolov5" in args.trainers:
-        nms = [(out / f"yolov5-seed{s}.log").read_text().count("NMS time limit") for s in args.seeds]
+        logs = [out / f"yolov5-seed{s}.log" for s in args.seeds]  # absent for runs linked in from another --out
+        nms = [log.read_text().count("NMS time limit") if log.exists() else None for log in logs]
         print(f"\nYOLOv5 'NMS time limit' warnings per seed: {nms}")
     record = {"args": vars(args) | {"out": str(out)}, "runs": runs, "seconds": times, "summary": text}
     (out / "summary.json").write_text(json.dumps(record, default=str, indent=1))
