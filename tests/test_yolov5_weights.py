@@ -83,7 +83,7 @@ def test_a_file_trained_from_yolov5s_own_yaml_builds(reference):
     """Files trained from YOLOv5's models/*.yaml (released weights, users' runs) carry Upsample's size as the string
     'None' (the fixture's yaml was written with a real None): the model still builds and gives YOLOv5's outputs."""
     model = read_pickled(DIR / "final.pt")["model"]
-    yaml_cfg = {k: v for k, v in model.state["yaml"].items()}
+    yaml_cfg = dict(model.state["yaml"])
     yaml_cfg["head"] = [[f, n, m, ["None" if a is None else a for a in args]] for f, n, m, args in yaml_cfg["head"]]
     assert any("None" in args for *_, args in yaml_cfg["head"])
     weights = read_yolov5_weights(DIR / "final.pt", "inference")
