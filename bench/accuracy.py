@@ -136,19 +136,25 @@ def yolov5_hyp(args: argparse.Namespace, out: Path) -> Path:
     return copy
 
 
-def run_yolov5(data: Path, args: argparse.Namespace, seed: int, out: Path) -> Path:
+def run_yolov5(data: Path, args: argparse.Namespace, seed: int, out: Path, ourdata: bool = False) -> Path:
+    """YOLOv5 7.0's train.py; ``ourdata``: fed by our training loader (bench/yolov5_ourdata.py)."""
+    name = f"{'yolov5-ourdata' if ourdata else 'yolov5'}-seed{seed}"
+    entry = [str(ROOT / "bench" / "yolov5_ourdata.py")] if ourdata else ["-m", "yolov5.train"]
+    env = yolov5_env(out)
+    if ourdata:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     cmd = [
-        str(Y5_PY), "-m", "yolov5.train", "--data", str(data), "--cfg", "yolov5n.yaml", "--weights", "",
+        str(Y5_PY), *entry, "--data", str(data), "--cfg", "yolov5n.yaml", "--weights", "",
         "--hyp", str(yolov5_hyp(args, out)), "--img", str(args.imgsz), "--batch-size", str(args.batch),
         "--epochs", str(args.epochs), "--workers", str(args.workers), "--seed", str(seed),
         "--optimizer", args.optimizer,
-        "--project", str(out), "--name", f"yolov5-seed{seed}", "--exist-ok", "--noplots",
+        "--project", str(out), "--name", name, "--exist-ok", "--noplots",
     ]  # fmt: skip
     if args.cache:
         cmd += ["--cache", args.cache]
-    with open(out / f"yolov5-seed{seed}.log", "w") as log:
-        subprocess.run(cmd, env=yolov5_env(out), stdout=log, stderr=subprocess.STDOUT, check=True, cwd=out)
-    return out / f"yolov5-seed{seed}" / "results.csv"
+    with open(out / f"{name}.log", "w") as log:
+        subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=out)
+    return out / name / "results.csv"
 
 
 def run_ours(data: Path, args: argparse.Namespace, seed: int, out: Path) -> Path:
@@ -162,8 +168,6 @@ def run_ours(data: Path, args: argparse.Namespace, seed: int, out: Path) -> Path
     cmd += [f"hyp.{key}={value}" for key, value in hyp_overrides(args).items()]
     if args.cache:
         cmd.append(f"cache={args.cache}")
-    if args.optimizer != "SGD":
-        cmd.append("schedule.ramp_adam_beta1=false")  # YOLOv5 ramps SGD momentum only
     cmd += args.ours
     with open(out / f"detector-seed{seed}.log", "w") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
@@ -197,19 +201,22 @@ def summary(runs: dict[str, dict[int, dict[str, list[float]]]]) -> str:
             per_seed = " ".join(f"{x:.4f}" for x in v)
             sd = f"  sd {v.std(ddof=1):.4f}" if len(v) > 1 else ""
             lines.append(f"{t:8s} {m:22s} seeds {per_seed}  mean {v.mean():.4f}  spread {v.max() - v.min():.4f}{sd}")
-    if set(trainers) == {"yolov5", "detector"}:
-        lines += verdict(runs["yolov5"], runs["detector"], n_epochs)
+    for t in trainers:
+        if t != "yolov5" and "yolov5" in trainers:
+            lines += verdict(runs["yolov5"], runs[t], n_epochs, t)
     return "\n".join(lines)
 
 
-def verdict(ref: dict[int, dict[str, list[float]]], ours: dict[int, dict[str, list[float]]], n_epochs: int) -> list:
+def verdict(
+    ref: dict[int, dict[str, list[float]]], ours: dict[int, dict[str, list[float]]], n_epochs: int, name: str
+) -> list:
     """Issue 8's criteria: final mAP@0.5:0.95 mean and spread against YOLOv5's (with Welch's t, so that a gap can be
     told from seed noise) and the epochs from 5 on where our mean train box loss lies inside YOLOv5's seed range."""
     from scipy import stats
 
     m = "metrics/mAP_0.5:0.95"
     a, b = (np.array([r[m][-1] for r in runs.values()]) for runs in (ref, ours))
-    lines = ["\nissue 8 criteria (ours against YOLOv5)"]
+    lines = [f"\nissue 8 criteria ({name} against YOLOv5)"]
     ratio = b.mean() / a.mean() if a.mean() > 0 else float("nan")
     met = "met" if b.mean() >= a.mean() else "NOT met"
     lines.append(f"  mAP@0.5:0.95 mean {b.mean():.4f} vs {a.mean():.4f} ({ratio:.2f}x): {met}")
@@ -248,11 +255,17 @@ def main() -> None:
     parser.add_argument("--hyp", action="append", default=[], metavar="KEY=VALUE", help="a hyp value for both (repeat)")
     parser.add_argument("--cache", choices=["ram", "disk"], default=None, help="image cache for both (large JPEGs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--trainers", nargs="+", default=["yolov5", "detector"], choices=["yolov5", "detector"])
+    parser.add_argument(
+        "--trainers",
+        nargs="+",
+        default=["yolov5", "detector"],
+        choices=["yolov5", "detector", "yolov5-ourdata"],
+        help="yolov5-ourdata: YOLOv5's train.py fed by our training loader (bench/yolov5_ourdata.py)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder for runs, logs and summary.json")
     parser.add_argument("ours", nargs="*", help="extra overrides for our trainer, e.g. augment.one_pass=true")
     args = parser.parse_args()
-    if "yolov5" in args.trainers and not Y5_PY.exists():
+    if {"yolov5", "yolov5-ourdata"} & set(args.trainers) and not Y5_PY.exists():
         sys.exit("YOLOv5 7.0 is not installed: run bench/yolov5_env.sh first")
     data = resolve_data(args.data)
     out = args.out or ROOT / "outputs" / "bench-accuracy" / f"{Path(args.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -267,7 +280,10 @@ def main() -> None:
                 path = done  # finished in an earlier, interrupted call with the same --out: reused, time 0
             else:  # an unfinished run's folder goes first: YOLOv5 appends to an existing results.csv
                 shutil.rmtree(done.parent, ignore_errors=True)
-                path = (run_yolov5 if trainer == "yolov5" else run_ours)(data, args, seed, out)
+                if trainer == "detector":
+                    path = run_ours(data, args, seed, out)
+                else:
+                    path = run_yolov5(data, args, seed, out, ourdata=trainer == "yolov5-ourdata")
             times[trainer].append(time.perf_counter() - t0)
             runs[trainer][seed] = read_results(path)
             print(f"{trainer} seed {seed}: {times[trainer][-1]:.0f} s, final mAP@0.5:0.95 "

@@ -64,7 +64,7 @@ def draws(rng: np.random.Generator, n: int) -> dict:
     }  # fmt: skip
 
 
-def build(imgsz: int, hyp: dict, data_name: str = "shapes"):
+def build(imgsz: int, hyp: dict, data_name: str = "shapes", cache: str | None = None):
     import yaml
     from accuracy import resolve_data
     from yolov5.utils.dataloaders import LoadImagesAndLabels
@@ -75,13 +75,14 @@ def build(imgsz: int, hyp: dict, data_name: str = "shapes"):
 
     data = yaml.safe_load(resolve_data(data_name).read_text())
     train = str(Path(data["path"]) / data["train"])
-    y5 = LoadImagesAndLabels(train, imgsz, 16, augment=True, hyp=hyp, rect=False, stride=32, pad=0.0)
-    y5val = LoadImagesAndLabels(train, imgsz, 16, augment=False, hyp=hyp, rect=True, stride=32, pad=0.5)
+    common5 = dict(hyp=hyp, stride=32, cache_images=cache)
+    y5 = LoadImagesAndLabels(train, imgsz, 16, augment=True, rect=False, pad=0.0, **common5)
+    y5val = LoadImagesAndLabels(train, imgsz, 16, augment=False, rect=True, pad=0.5, **common5)
     aug = yaml.safe_load((Path(CONF_DIR) / "augment" / "default.yaml").read_text())
     aug |= {"one_pass": False, "pixel_centres": False, "albumentations": []}
     ls = load_labels(y5.im_files, None, nc=len(data["names"]), log_report=False)
     assert [str(f) for f in ls.im_files] == [str(f) for f in y5.im_files], "label loading kept other images"
-    common = dict(imgsz=imgsz, rendering=aug, hyp=hyp, stride=32, seed=0, epochs=300, close_mosaic=0, cache=None,
+    common = dict(imgsz=imgsz, rendering=aug, hyp=hyp, stride=32, seed=0, epochs=300, close_mosaic=0, cache=cache,
                   workers=0, threads=1)  # fmt: skip
     ours = YoloDataset(ls, batch_size=16, augment=True, rect=False, **common)
     ours_val = YoloDataset(ls, batch_size=16, augment=False, rect=True, pad=0.5, **common)
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=160)
     parser.add_argument("--hyp", default="scratch-low", help="a YOLOv5 hyp name: scratch-low, scratch-med, ...")
     parser.add_argument("--set", nargs="*", default=[], help="hyp overrides, e.g. degrees=10 shear=2")
+    parser.add_argument("--cache", choices=["ram", "disk"], help="image cache of both loaders (default: none)")
     args = parser.parse_args()
     import yaml
     import yolov5
@@ -121,7 +123,7 @@ def main() -> None:
         | {"mosaic": 1.0, "mixup": 0.0, "copy_paste": 0.0}
         | {k: float(v) for k, v in (a.split("=") for a in args.set)}
     )
-    y5, y5val, ours, ours_val = build(args.imgsz, hyp, args.data)
+    y5, y5val, ours, ours_val = build(args.imgsz, hyp, args.data, args.cache)
     rng = np.random.default_rng(0)
     s = args.imgsz
     mosaics, hsv = [], []

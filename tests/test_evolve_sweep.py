@@ -186,9 +186,12 @@ def test_failed_children_are_rows_with_fitness_zero_and_the_sweep_goes_on(tiny_d
 
 
 def test_only_one_device_one_node_jobs_count_as_single_process():
-    assert single_process({"devices": 1, "strategy": "auto", "num_nodes": 1})
-    assert single_process({"devices": [0], "strategy": "auto", "num_nodes": 1})
-    assert not single_process({"devices": 2, "strategy": "auto", "num_nodes": 1})
-    assert not single_process({"devices": "auto", "strategy": "auto", "num_nodes": 1})  # may mean every GPU
-    assert not single_process({"devices": 1, "strategy": "ddp", "num_nodes": 1})
-    assert not single_process({"devices": 1, "strategy": "auto", "num_nodes": 2})
+    assert single_process({"devices": 1, "strategy": "auto", "num_nodes": 1}, gpus=4)
+    assert single_process({"devices": [0], "strategy": "auto", "num_nodes": 1}, gpus=4)
+    assert not single_process({"devices": 2, "strategy": "auto", "num_nodes": 1}, gpus=4)
+    assert not single_process({"devices": "auto", "strategy": "auto", "num_nodes": 1}, gpus=2)  # every GPU
+    assert single_process({"devices": "auto", "strategy": "auto", "num_nodes": 1}, gpus=1)
+    assert single_process({"devices": "auto", "strategy": "auto", "num_nodes": 1}, gpus=0)  # the CPU
+    assert single_process({"accelerator": "cpu", "devices": "auto", "strategy": "auto", "num_nodes": 1}, gpus=2)
+    assert not single_process({"devices": 1, "strategy": "ddp", "num_nodes": 1}, gpus=0)
+    assert not single_process({"devices": 1, "strategy": "auto", "num_nodes": 2}, gpus=0)

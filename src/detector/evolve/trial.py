@@ -78,9 +78,15 @@ def child_args(hc: Any) -> list[str]:
     return [*args, f"hydra.run.dir={hc.runtime.output_dir}"]
 
 
-def single_process(trainer: Mapping[str, Any]) -> bool:
-    """Whether a Trainer config (plain containers) runs one process, no DDP ranks to launch: one device, one node."""
+def single_process(trainer: Mapping[str, Any], gpus: int) -> bool:
+    """Whether a Trainer config (plain containers) runs one process, no DDP ranks to launch: one device, one node.
+
+    ``gpus``: GPUs this process sees. ``devices=auto`` is Lightning's choice: every GPU where the accelerator may
+    use them, else one device (the CPU), so the default trainer's jobs are preloaded on a CPU or one-GPU machine."""
     devices, strategy = trainer.get("devices"), str(trainer.get("strategy", "auto"))
+    if devices == "auto":
+        uses_gpus = str(trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") and gpus > 0
+        devices = gpus if uses_gpus else 1
     one = devices in (1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
     return one and int(trainer.get("num_nodes", 1)) == 1 and "ddp" not in strategy
 
@@ -119,8 +125,9 @@ def run_in_child(trainer: Mapping[str, Any], timeout_s: float | None, preload: b
     out = Path(hc.runtime.output_dir)
     (out / RESULT_FILE).unlink(missing_ok=True)
     args = child_args(hc)
-    warm = preload and single_process(trainer)
-    gpus = job_gpus(int(hc.job.num), trainer, visible_gpus(os.environ)) if pin_gpus else None
+    visible = visible_gpus(os.environ)
+    warm = preload and single_process(trainer, len(visible))
+    gpus = job_gpus(int(hc.job.num), trainer, visible) if pin_gpus else None
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else None
     log.info("job %s (%s process%s): python -m detector.train %s", hc.job.num, "preloaded" if warm else "new",
              f", GPUs {gpus}" if gpus is not None else "", " ".join(args))  # fmt: skip
