@@ -116,15 +116,14 @@ def hyp_overrides(args: argparse.Namespace) -> dict[str, float]:
     return values
 
 
-def yolov5_hyp(args: argparse.Namespace, out: Path) -> Path:
-    """YOLOv5's own hyp.scratch-low.yaml, or a copy of it in ``out`` with the ``hyp_overrides`` applied."""
+def yolov5_hyp(overrides: dict[str, float], out: Path) -> Path:
+    """YOLOv5's own hyp.scratch-low.yaml, or a copy of it in ``out`` with ``overrides`` (``hyp_overrides``) applied."""
     import yaml
 
     root = subprocess.check_output(
         [str(Y5_PY), "-c", "import yolov5, pathlib; print(pathlib.Path(yolov5.__file__).parent)"], text=True
     ).strip()
     hyp = Path(root) / "data" / "hyps" / "hyp.scratch-low.yaml"
-    overrides = hyp_overrides(args)
     if not overrides:
         return hyp
     values = yaml.safe_load(hyp.read_text())
@@ -145,7 +144,7 @@ def run_yolov5(data: Path, args: argparse.Namespace, seed: int, out: Path, ourda
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     cmd = [
         str(Y5_PY), *entry, "--data", str(data), "--cfg", "yolov5n.yaml", "--weights", "",
-        "--hyp", str(yolov5_hyp(args, out)), "--img", str(args.imgsz), "--batch-size", str(args.batch),
+        "--hyp", str(yolov5_hyp(hyp_overrides(args), out)), "--img", str(args.imgsz), "--batch-size", str(args.batch),
         "--epochs", str(args.epochs), "--workers", str(args.workers), "--seed", str(seed),
         "--optimizer", args.optimizer,
         "--project", str(out), "--name", name, "--exist-ok", "--noplots",

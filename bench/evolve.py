@@ -30,7 +30,7 @@ def run_yolov5(data: Path, args: argparse.Namespace, epochs: int, out: Path, evo
     cmd = [
         str(Y5_PY), "-m", "yolov5.train", *(["--evolve", str(args.children)] if evolve else ["--noplots"]),
         "--data", str(data), "--cfg", "yolov5n.yaml",
-        "--weights", "", "--hyp", str(yolov5_hyp(argparse.Namespace(lr0=None, hyp=[]), out)), "--img", str(args.imgsz),
+        "--weights", "", "--hyp", str(yolov5_hyp({}, out)), "--img", str(args.imgsz),
         "--batch-size", str(args.batch), "--epochs", str(epochs), "--workers", str(args.workers), "--device", "cpu",
         "--project", str(out), "--name", name, "--exist-ok",
     ]  # fmt: skip
