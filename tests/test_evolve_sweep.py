@@ -94,6 +94,8 @@ def test_tiny_evolution_writes_yolov5s_csv_continues_and_replays(tiny_data, tmp_
     job = yaml.safe_load((sweep / "5" / "config.yaml").read_text())
     assert job["hyp"]["lr0"] == pytest.approx(draws[5]["hyp"]["lr0"]) and job["hyp_file"] is None
     assert job["trainer"]["check_val_every_n_epoch"] == 1 and job["callbacks"]["checkpoint"] is None
+    assert job["trainer"]["enable_model_summary"] is False
+    assert not list(sweep.rglob("*.ckpt"))  # children save nothing (Lightning adds no checkpoint of its own)
     # A different evolution in the same folder is refused, naming what differs.
     refused = train_m(tmp_path, tiny_data, *evolve_args(sweep, 3, 2), "imgsz=96", check=False)
     assert refused.returncode != 0 and "imgsz=96" in refused.stderr

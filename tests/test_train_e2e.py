@@ -73,6 +73,7 @@ def test_one_epoch_run_writes_results_and_checkpoints(tiny_data, tmp_path, capsy
     table = (tmp_path / "per_class.txt").read_text().splitlines()
     assert table[0].split() == ["Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"]
     assert table[1].split()[:2] == ["all", "8"] and len(table) >= 3  # all 8 val images, then one row per class
+    assert sorted(p.name for p in tmp_path.rglob("*.ckpt")) == ["best.ckpt", "last.ckpt"]  # none of Lightning's
     for name in ("last.ckpt", "best.ckpt"):
         ckpt = torch.load(tmp_path / "weights" / name, map_location="cpu", weights_only=True)
         state = ckpt["state_dict"]

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd, instantiate
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
@@ -178,7 +178,8 @@ def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
 def console_callbacks(callbacks: list, trainer_kwargs: dict[str, Any]) -> list:
     """The callbacks without the progress bar / model summary when the Trainer flags turn those off (Lightning
     refuses a progress bar callback with ``enable_progress_bar=False``). With a summary callback of ours the flag
-    is turned off, so that Lightning neither adds its own nor says it skipped it."""
+    is turned off, so that Lightning neither adds its own nor says it skipped it. ``enable_checkpointing=None``
+    becomes whether a ModelCheckpoint is configured: with none, Lightning would write one after every epoch."""
     off = tuple(
         kind for flag, kind in (("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary))
         if trainer_kwargs.get(flag) is False
@@ -186,6 +187,8 @@ def console_callbacks(callbacks: list, trainer_kwargs: dict[str, Any]) -> list:
     kept = [c for c in callbacks if not isinstance(c, off)] if off else callbacks
     if any(isinstance(c, ModelSummary) for c in kept):
         trainer_kwargs["enable_model_summary"] = False
+    if trainer_kwargs.get("enable_checkpointing") is None:  # Lightning's None adds a ModelCheckpoint of its own
+        trainer_kwargs["enable_checkpointing"] = any(isinstance(c, ModelCheckpoint) for c in kept)
     return kept
 
 
