@@ -242,6 +242,20 @@ def verdict(
     return lines
 
 
+def summarise_folder(args: argparse.Namespace) -> None:
+    """Print the summary of the finished runs (``--epochs`` rows) of each of ``--trainers`` in ``--out``."""
+    runs: dict[str, dict[int, dict[str, list[float]]]] = {t: {} for t in args.trainers}
+    for trainer in args.trainers:
+        for done in sorted(args.out.glob(f"{trainer}-seed*/results.csv")):
+            seed = int(done.parent.name.rsplit("seed", 1)[1])
+            got = read_results(done)
+            if len(got.get("train/box_loss", [])) == args.epochs:
+                runs[trainer][seed] = got
+        runs[trainer] = dict(sorted(runs[trainer].items()))
+        print(f"{trainer}: seeds {list(runs[trainer])}")
+    print(summary(runs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="shapes")
@@ -262,8 +276,15 @@ def main() -> None:
         help="yolov5-ourdata: YOLOv5's train.py fed by our training loader (bench/yolov5_ourdata.py)",
     )
     parser.add_argument("--out", type=Path, default=None, help="folder for runs, logs and summary.json")
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="train nothing: summarise every finished run of --trainers in --out, whatever its seed",
+    )
     parser.add_argument("ours", nargs="*", help="extra overrides for our trainer, e.g. augment.one_pass=true")
     args = parser.parse_args()
+    if args.summary_only:
+        sys.exit(summarise_folder(args))
     if {"yolov5", "yolov5-ourdata"} & set(args.trainers) and not Y5_PY.exists():
         sys.exit("YOLOv5 7.0 is not installed: run bench/yolov5_env.sh first")
     data = resolve_data(args.data)

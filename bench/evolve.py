@@ -15,10 +15,14 @@ runs of each trainer, 1 and 2 epochs (YOLOv5's with its per-epoch validation: it
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from accuracy import OURS_PY, ROOT, Y5_PY, resolve_data, yolov5_env, yolov5_hyp
@@ -41,14 +45,45 @@ def run_ours(data: Path, args: argparse.Namespace, epochs: int, out: Path, evolv
     name = f"detector-{'evolve' if evolve else 'train'}-e{epochs}"
     shutil.rmtree(out / name, ignore_errors=True)
     how = ["-m", "hydra/sweeper=evolve", f"hydra.sweeper.generations={args.children}",
-           f"hydra.sweeper.sweep_dir={out / name}", "hydra.sweeper.seed=0", *args.ours] if evolve else [
+           f"hydra.sweeper.sweep_dir={out / name}", "hydra.sweeper.seed=0",
+           "+callbacks.clock._target_=child_clock.ChildClock", *args.ours] if evolve else [
            f"hydra.run.dir={out / name}", "logger=csv", "val.coco=never"]  # fmt: skip
     cmd = [
         str(OURS_PY), "-m", "detector.train", *how, f"data={data}", "hyp=scratch-low", "model=yolov5n",
         f"imgsz={args.imgsz}", f"batch_size={args.batch}", f"epochs={epochs}", f"workers={args.workers}",
         "trainer=cpu", "trainer.enable_progress_bar=false",
     ]  # fmt: skip
-    return timed(cmd, out / f"{name}.log", None, ROOT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "bench")}  # the children's ChildClock (bench/child_clock.py)
+    return timed(cmd, out / f"{name}.log", env, ROOT)
+
+
+STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+
+
+def _when(line: str) -> float:
+    return datetime.strptime(STAMP.match(line).group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def our_phases(folder: Path, log: Path) -> dict[str, float]:
+    """Mean seconds per phase of our children 1..N-2 (child 0 also starts the forkserver, the last one has no next
+    launch), from the sweep's log (when each job was launched: after the launcher composed its config), each
+    child's results.json (start and end of ``train.run``'s fit) and its clock.json (bench/child_clock.py)."""
+    lines = log.read_text().splitlines()
+    launch = [_when(x) for x in lines if STAMP.match(x) and "detector.evolve.trial" in x and " job " in x]
+    edges = {"start (fork, Hydra compose, run folder)": ("launch", "started"),
+             "setup (model, data, Trainer, AutoAnchor, first batch)": ("started", "first_batch"),
+             "training epoch": ("first_batch", "val_start"), "validation": ("val_start", "val_end"),
+             "end of fit (results)": ("val_end", "finished"),
+             "exit, sweep, launcher (next launch)": ("finished", "next")}  # fmt: skip
+    sums = dict.fromkeys(edges, 0.0)
+    jobs = range(1, len(launch) - 1)
+    for i in jobs:
+        t = json.loads((folder / str(i) / "clock.json").read_text())
+        t |= {k: v for k, v in json.loads((folder / str(i) / "results.json").read_text()).items() if k != "final"}
+        t |= {"launch": launch[i], "next": launch[i + 1]}
+        for name, (a, b) in edges.items():
+            sums[name] += (t[b] - t[a]) / len(jobs)
+    return sums
 
 
 def timed(cmd: list[str], log_path: Path, env: dict[str, str] | None, cwd: Path) -> float:
@@ -87,6 +122,9 @@ def main() -> None:
         print(f"{name:9s} {child[name]:8.1f} {epoch[name]:8.1f} {child[name] - epoch[name]:11.1f} "
               f"{3600 / child[name]:11.1f}")  # fmt: skip
     print(f"\nchildren per hour, ours / YOLOv5's: {child['yolov5'] / child['detector']:.2f}x")
+    print("\nour children 1..N-2, mean seconds per phase:")
+    for name, seconds in our_phases(args.out / "detector-evolve-e1", args.out / "detector-evolve-e1.log").items():
+        print(f"  {name:55s} {seconds:6.2f}")
 
 
 if __name__ == "__main__":

@@ -178,12 +178,15 @@ def test_a_two_process_ddp_trial_inside_a_sweep_runs_once(tiny_data, tmp_path, s
 
 def test_failed_children_are_rows_with_fitness_zero_and_the_sweep_goes_on(tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
-    out = train_m(tmp_path, tiny_data, *evolve_args(sweep, 2, 1), "trial_timeout=1")  # every child is killed
+    # Every child waits at train start for trainings that never come, and is killed at its timeout.
+    hang = ("+callbacks.meet._target_=tests.helpers.Rendezvous", f"+callbacks.meet.folder={tmp_path / 'meet'}",
+            "+callbacks.meet.n=3")  # fmt: skip
+    out = train_m(tmp_path, tiny_data, *evolve_args(sweep, 2, 1), "trial_timeout=2", *hang)
     _, values = history.read_csv(sweep / "evolve.csv")
     assert values.shape[0] == 2 and (values[:, :7] == 0).all()
     notes = [d for d in history.read_draws(sweep / "evolve_draws.jsonl") if "error" in d]
     assert [n["draw"] for n in notes] == [0, 1]
-    assert all("timeout of 1" in n["error"] for n in notes)
+    assert all("timeout of 2" in n["error"] for n in notes)
     assert "child 0 failed" in out.stdout + out.stderr
 
 

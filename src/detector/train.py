@@ -208,12 +208,17 @@ def _plugins(configured: Any) -> list:
     return plugins
 
 
+def train_job(cfg: DictConfig) -> float:
+    """One training run of a composed config, user errors reported in one line (status 1)."""
+    return exit_on_user_error(USER_ERRORS, run, cfg)
+
+
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     if in_multirun():  # every -m job trains as its own process (detector/evolve/trial.py says why)
         trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-        return run_in_child(trainer, cfg.trial_timeout, cfg.trial_preload, cfg.trial_pin_gpus)
-    return exit_on_user_error(USER_ERRORS, run, cfg)
+        return run_in_child(trainer, cfg.trial_timeout, cfg.trial_preload, cfg.trial_pin_gpus, cfg)
+    return train_job(cfg)
 
 
 if __name__ == "__main__":

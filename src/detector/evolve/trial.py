@@ -9,12 +9,14 @@ overrides and folder, in its own session (its DDP ranks with it), and returns th
 A fresh Python spends ~8 s importing torch, torchvision and Lightning (2 CPU cores), which YOLOv5's in-process
 ``--evolve`` pays once. With ``trial_preload`` a single-process child is forked from a forkserver that imported
 ``detector.train`` once per sweep process (multiprocessing's forkserver: the server is a fresh interpreter, so
-nothing of the sweep's state leaks into the child); DDP children (several devices or nodes) always start fresh,
-since Lightning re-executes their command line for the other ranks.
+nothing of the sweep's state leaks into the child), and trains with the config the launcher composed for the job
+instead of composing it again; DDP children (several devices or nodes) always start fresh, since Lightning
+re-executes their command line for the other ranks.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import json
 import logging
@@ -117,10 +119,13 @@ def job_gpus(job_num: int, trainer: Mapping[str, Any], visible: list[str]) -> st
     return ",".join(visible[(start + i) % len(visible)] for i in range(count))
 
 
-def run_in_child(trainer: Mapping[str, Any], timeout_s: float | None, preload: bool, pin_gpus: bool = True) -> float:
+def run_in_child(
+    trainer: Mapping[str, Any], timeout_s: float | None, preload: bool, pin_gpus: bool = True, cfg: Any = None
+) -> float:
     """Run this multirun job as its own process; returns the fitness it reports, raises TrialFailed.
 
-    With ``pin_gpus`` the child sees only its own GPUs (:func:`job_gpus`)."""
+    With ``pin_gpus`` the child sees only its own GPUs (:func:`job_gpus`). ``cfg``: the job's composed config; a
+    preloaded child then trains with it instead of composing it again from the command line (~0.5 s a child)."""
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     (out / RESULT_FILE).unlink(missing_ok=True)
@@ -131,7 +136,8 @@ def run_in_child(trainer: Mapping[str, Any], timeout_s: float | None, preload: b
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else None
     log.info("job %s (%s process%s): python -m detector.train %s", hc.job.num, "preloaded" if warm else "new",
              f", GPUs {gpus}" if gpus is not None else "", " ".join(args))  # fmt: skip
-    child = _Preloaded(args, hc.runtime.cwd, env) if warm else _Fresh(args, hc.runtime.cwd, env)
+    job = _job_config(cfg) if warm and cfg is not None else None
+    child = _Preloaded(args, hc.runtime.cwd, env, job) if warm else _Fresh(args, hc.runtime.cwd, env)
     (out / PID_FILE).write_text(f"{child.proc.pid}\n")
     try:
         rc = child.wait(timeout_s)
@@ -176,8 +182,8 @@ class _Fresh:
 class _Preloaded:
     """The same run forked from the preloaded forkserver (its output goes straight to the sweep's console)."""
 
-    def __init__(self, args: list[str], cwd: str, env: Mapping[str, str] | None = None) -> None:
-        self.proc = _forkserver().Process(target=_preloaded_main, args=(args, cwd, env), daemon=False)
+    def __init__(self, args: list[str], cwd: str, env: Mapping[str, str] | None = None, job: Any = None) -> None:
+        self.proc = _forkserver().Process(target=_preloaded_main, args=(args, cwd, env, job), daemon=False)
         self.proc.start()
 
     def wait(self, timeout_s: float | None) -> int | None:
@@ -201,8 +207,41 @@ def _forkserver() -> Any:
     return ctx
 
 
-def _preloaded_main(args: list[str], cwd: str, env: Mapping[str, str] | None = None) -> None:
-    """In the forked child: a single run of ``python -m detector.train ARGS`` (Hydra reads sys.argv)."""
+def _job_config(cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """The job as the launcher composed it, for a preloaded child: its task config and its ``hydra`` node in
+    single-run mode. The node travels as plain containers: a launcher's typed settings (its plugin's dataclass,
+    loaded by Hydra's plugin scan) do not pickle into another process."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(HydraConfig.get(), resolve=False)
+    node["mode"] = RunMode.RUN
+    return cfg, node
+
+
+def _run_job(task: Any, node: dict[str, Any]) -> None:
+    """Train with a job from :func:`_job_config`: what Hydra's run_job does for a single run whose config and folder
+    exist (the launcher composed and saved them): Hydra's resolvers and state, the job's log file and environment."""
+    from hydra.conf import HydraConf
+    from hydra.core.utils import configure_log, setup_globals
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from detector.train import train_job
+
+    setup_globals()  # Hydra's resolvers (hydra:, now:), as hydra.main registers them
+    job = copy.deepcopy(task)
+    with read_write(job), open_dict(job):
+        schema = OmegaConf.structured(HydraConf)
+        OmegaConf.set_struct(schema, False)  # the composed node has keys of its own (env, plugins' settings)
+        job.hydra = OmegaConf.merge(schema, node)
+    HydraConfig.instance().set_config(job)
+    configure_log(job.hydra.job_logging, job.hydra.verbose)
+    os.environ.update({str(k): str(v) for k, v in job.hydra.job.env_set.items()})
+    train_job(task)
+
+
+def _preloaded_main(args: list[str], cwd: str, env: Mapping[str, str] | None = None, job: Any = None) -> None:
+    """In the forked child: a single run of ``python -m detector.train ARGS`` (Hydra reads sys.argv), or of the
+    job config the sweep composed (``job``, from :func:`_job_config`)."""
     _own_session()
     if env is not None:  # before anything initialises CUDA (the forkserver imported torch but never used a GPU)
         os.environ.clear()
@@ -214,7 +253,7 @@ def _preloaded_main(args: list[str], cwd: str, env: Mapping[str, str] | None = N
 
     code = 0
     try:
-        main()
+        main() if job is None else _run_job(*job)
     except SystemExit as e:  # Hydra exits 1 after reporting an error
         code = e.code if isinstance(e.code, int) else 1
     sys.exit(code)  # multiprocessing runs its finalizers, then os._exit: no interpreter teardown (seconds with torch)
