@@ -130,3 +130,18 @@ class Rendezvous(Callback):
             if time.time() > deadline:
                 raise RuntimeError(f"only {len(list(self.folder.iterdir()))} of {self.n} trainings ran at once")
             time.sleep(0.05)
+
+
+class HangWhile(Callback):
+    """Waits at train start while ``flag`` exists, in the run folder named ``job`` only: a sweep child that cannot
+    finish on its own (kill tests). A SIGTERM ends the wait, as a batch boundary would for a training child:
+    Lightning's handler records it and stops the fit at the next batch."""
+
+    def __init__(self, flag: str, job: str) -> None:
+        self.flag, self.job = Path(flag), str(job)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        while Path(trainer.default_root_dir).name == self.job and self.flag.exists() and not trainer.received_sigterm:
+            time.sleep(0.1)

@@ -35,9 +35,13 @@ def command(data: Path, *args: str) -> list[str]:
             "workers=0", "trainer=cpu", "logger=csv", "callbacks.autoanchor.gen=50", *args]  # fmt: skip
 
 
+def sweep_env() -> dict[str, str]:
+    """The environment of a sweep under test: tests.helpers importable by its children."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def train_m(cwd: Path, data: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run(command(data, *args), cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    out = subprocess.run(command(data, *args), cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, env=sweep_env())
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -102,9 +106,11 @@ def test_tiny_evolution_writes_yolov5s_csv_continues_and_replays(tiny_data, tmp_
 
 
 def test_a_killed_sweep_continues_without_losing_or_repeating_a_child(tiny_data, tmp_path):
-    sweep = tmp_path / "sweep"
-    cmd = command(tiny_data, *evolve_args(sweep, 2, 1))
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sweep, flag = tmp_path / "sweep", tmp_path / "hang"
+    flag.touch()  # child 1 waits at train start while this exists: it cannot finish before the sweep is killed
+    hang = ("+callbacks.hang._target_=tests.helpers.HangWhile", f"+callbacks.hang.flag={flag}", "+callbacks.hang.job=1")
+    cmd = command(tiny_data, *evolve_args(sweep, 2, 1, *hang))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=sweep_env())
     deadline = time.time() + TIMEOUT
     while not (sweep / "1").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -112,6 +118,8 @@ def test_a_killed_sweep_continues_without_losing_or_repeating_a_child(tiny_data,
     while not (sweep / "1" / "trial.pid").exists() and time.time() < deadline:
         time.sleep(0.1)
     child_pid = int((sweep / "1" / "trial.pid").read_text())
+    while "AutoAnchor" not in (sweep / "1" / "train.log").read_text() and time.time() < deadline:
+        time.sleep(0.1)  # child 1 is training (and waits there)
     os.kill(proc.pid, signal.SIGKILL)  # in the middle of child 1
     proc.wait()
     for _ in range(150):  # the child gets SIGTERM when its parent dies and stops within seconds
@@ -121,7 +129,8 @@ def test_a_killed_sweep_continues_without_losing_or_repeating_a_child(tiny_data,
     else:
         pytest.fail("the running child outlived its sweep")
     assert len(history.read_csv(sweep / "evolve.csv")[1]) == 1
-    train_m(tmp_path, tiny_data, *evolve_args(sweep, 2, 1))
+    flag.unlink()
+    train_m(tmp_path, tiny_data, *evolve_args(sweep, 2, 1, *hang))
     _, values = history.read_csv(sweep / "evolve.csv")
     assert len(values) == 2  # child 1 was drawn again (as draw 2), child 0 not repeated
     draws = [d["draw"] for d in history.read_draws(sweep / "evolve_draws.jsonl") if "hyp" in d]

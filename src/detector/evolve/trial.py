@@ -243,6 +243,7 @@ def _preloaded_main(args: list[str], cwd: str, env: Mapping[str, str] | None = N
     """In the forked child: a single run of ``python -m detector.train ARGS`` (Hydra reads sys.argv), or of the
     job config the sweep composed (``job``, from :func:`_job_config`)."""
     _own_session()
+    _release_forkserver()
     if env is not None:  # before anything initialises CUDA (the forkserver imported torch but never used a GPU)
         os.environ.clear()
         os.environ.update(env)
@@ -257,6 +258,18 @@ def _preloaded_main(args: list[str], cwd: str, env: Mapping[str, str] | None = N
     except SystemExit as e:  # Hydra exits 1 after reporting an error
         code = e.code if isinstance(e.code, int) else 1
     sys.exit(code)  # multiprocessing runs its finalizers, then os._exit: no interpreter teardown (seconds with torch)
+
+
+def _release_forkserver() -> None:
+    """In a child forked by the forkserver: close the server's liveness pipe, which multiprocessing hands every such
+    child (so that it could ask the same server for children of its own; ours never do). While a child held it, a
+    killed sweep left the server running, and with it the child, whose PR_SET_PDEATHSIG watches the server."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # multiprocessing's own singleton: no public API releases it
+    if server._forkserver_alive_fd is not None and server._forkserver_pid is None:  # a child, not the sweep
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = server._forkserver_address = None
 
 
 def _waited(proc: subprocess.Popen, timeout: float) -> bool:
