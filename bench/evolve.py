@@ -100,6 +100,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--children", type=int, default=4, help="children per evolution")
+    ap.add_argument(
+        "--marginal",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also evolve N more children (a second evolution of children+N): the cost of one more child, what a "
+        "long evolution pays, without each sweep's start and end",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-evolve")
     ap.add_argument("ours", nargs="*", help="extra overrides for our sweep, e.g. trial_preload=false")
     args = ap.parse_args()
@@ -122,6 +130,13 @@ def main() -> None:
         print(f"{name:9s} {child[name]:8.1f} {epoch[name]:8.1f} {child[name] - epoch[name]:11.1f} "
               f"{3600 / child[name]:11.1f}")  # fmt: skip
     print(f"\nchildren per hour, ours / YOLOv5's: {child['yolov5'] / child['detector']:.2f}x")
+    if args.marginal:
+        more, extra = argparse.Namespace(**vars(args) | {"children": args.children + args.marginal}), {}
+        for name, run in trainers:
+            extra[name] = (run(data, more, 1, args.out) - child[name] * args.children) / args.marginal
+        ratio = extra["yolov5"] / extra["detector"]
+        print(f"one more child ({args.children} and {more.children} children): YOLOv5 {extra['yolov5']:.1f} s, "
+              f"ours {extra['detector']:.1f} s, children per hour {ratio:.2f}x")  # fmt: skip
     print("\nour children 1..N-2, mean seconds per phase:")
     for name, seconds in our_phases(args.out / "detector-evolve-e1", args.out / "detector-evolve-e1.log").items():
         print(f"  {name:55s} {seconds:6.2f}")

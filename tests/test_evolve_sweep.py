@@ -41,7 +41,8 @@ def sweep_env() -> dict[str, str]:
 
 
 def train_m(cwd: Path, data: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(command(data, *args), cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, env=sweep_env())
+    cmd = command(data, *args)
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, env=sweep_env())
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
