@@ -10,7 +10,7 @@ import lightning as L
 
 
 class ChildClock(L.Callback):
-    """Stamps (``time.time()``) at setup, train start, first batch, train end, validation start/end and fit end."""
+    """Stamps (``time.time()``) at the first training batch and at the first validation's start and end."""
 
     def __init__(self) -> None:
         self.stamps: dict[str, float] = {}
@@ -20,24 +20,11 @@ class ChildClock(L.Callback):
             self.stamps[name] = time.time()
             (Path(trainer.default_root_dir) / "clock.json").write_text(json.dumps(self.stamps))
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._stamp(trainer, "setup")
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stamp(trainer, "train_start")
-
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self._stamp(trainer, "first_batch")
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.stamps.pop("train_end", None)
-        self._stamp(trainer, "train_end")
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stamp(trainer, "val_start")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stamp(trainer, "val_end")
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stamp(trainer, "fit_end")

@@ -15,20 +15,19 @@ from __future__ import annotations
 import argparse
 import math
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from accuracy import OURS_PY, ROOT, resolve_data
 
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT))
-from callbacks.results_csv import read_results  # noqa: E402
-from detector.evolve import history  # noqa: E402
-from detector.evolve.genetic import fitness  # noqa: E402
+from detector import CONF_DIR
+from detector.callbacks.results_csv import read_results
+from detector.evolve import history
+from detector.evolve.genetic import fitness
 
-WEIGHTS = np.array([0.0, 0.0, 0.1, 0.9])  # conf/hydra/sweeper/evolve.yaml fitness_weights
+WEIGHTS = yaml.safe_load((Path(CONF_DIR) / "hydra" / "sweeper" / "evolve.yaml").read_text())["fitness_weights"]
 
 
 def sweep(data: Path, args: argparse.Namespace, seed: int, folder: Path, generations: int, prune: bool) -> float:

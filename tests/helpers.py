@@ -133,15 +133,17 @@ class Rendezvous(Callback):
 
 
 class HangWhile(Callback):
-    """Waits at train start while ``flag`` exists, in the run folder named ``job`` only: a sweep child that cannot
-    finish on its own (kill tests). A SIGTERM ends the wait, as a batch boundary would for a training child:
-    Lightning's handler records it and stops the fit at the next batch."""
+    """Waits at train start while ``flag`` exists, in the run folder named ``job`` only (None: every run): a sweep
+    child that cannot finish on its own (kill and timeout tests). A SIGTERM ends the wait, as a batch boundary would
+    for a training child: Lightning's handler records it and stops the fit at the next batch."""
 
-    def __init__(self, flag: str, job: str) -> None:
-        self.flag, self.job = Path(flag), str(job)
+    def __init__(self, flag: str, job: str | None = None) -> None:
+        self.flag, self.job = Path(flag), None if job is None else str(job)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import time
 
-        while Path(trainer.default_root_dir).name == self.job and self.flag.exists() and not trainer.received_sigterm:
+        if self.job is not None and Path(trainer.default_root_dir).name != self.job:
+            return
+        while self.flag.exists() and not trainer.received_sigterm:
             time.sleep(0.1)

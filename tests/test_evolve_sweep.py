@@ -187,10 +187,9 @@ def test_a_two_process_ddp_trial_inside_a_sweep_runs_once(tiny_data, tmp_path, s
 
 
 def test_failed_children_are_rows_with_fitness_zero_and_the_sweep_goes_on(tiny_data, tmp_path):
-    sweep = tmp_path / "sweep"
-    # Every child waits at train start for trainings that never come, and is killed at its timeout.
-    hang = ("+callbacks.meet._target_=tests.helpers.Rendezvous", f"+callbacks.meet.folder={tmp_path / 'meet'}",
-            "+callbacks.meet.n=3")  # fmt: skip
+    sweep, flag = tmp_path / "sweep", tmp_path / "hang"
+    flag.touch()  # every child waits at train start while this exists, and is killed at its timeout
+    hang = ("+callbacks.hang._target_=tests.helpers.HangWhile", f"+callbacks.hang.flag={flag}")
     out = train_m(tmp_path, tiny_data, *evolve_args(sweep, 2, 1), "trial_timeout=2", *hang)
     _, values = history.read_csv(sweep / "evolve.csv")
     assert values.shape[0] == 2 and (values[:, :7] == 0).all()
