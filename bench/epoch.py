@@ -11,6 +11,8 @@ bench/epoch_clock.py given on the command line); the epoch time is the median ga
 the second on, so the start (imports, label caching, AutoAnchor) is reported apart, as the whole run's wall time.
 ``--data`` is ``shapes``, ``bench`` (512 JPEGs of 240-480 px, the fidelity issue's second dataset as
 bench/dataloader.py makes it) or a YOLOv5 data yaml. Prints per round and the ratio ours / YOLOv5 of the same round.
+``--variant OVERRIDES`` (repeatable, space-separated overrides such as ``channels_last=true``) adds one more run of
+ours per round with those overrides, timed in the same round.
 """
 
 from __future__ import annotations
@@ -67,16 +69,16 @@ def run_yolov5(data: Path, args: argparse.Namespace, out: Path) -> tuple[float, 
     return wall, json.loads(stamps.read_text())
 
 
-def run_ours(data: Path, args: argparse.Namespace, out: Path) -> tuple[float, list[float]]:
-    stamps = out / "detector-stamps.json"
+def run_ours(data: Path, args: argparse.Namespace, out: Path, extra: list[str], name: str) -> tuple[float, list[float]]:
+    stamps = out / f"{name}-stamps.json"
     cmd = [
         str(OURS_PY), "-m", "detector.train", f"data={data}", "hyp=scratch-low", "model=yolov5n", "optimizer=SGD",
         f"imgsz={args.imgsz}", f"batch_size={args.batch}", f"epochs={args.epochs}", f"workers={args.workers}",
-        "seed=0", "trainer=cpu", "trainer.enable_progress_bar=false", f"hydra.run.dir={out / 'detector'}",
-        "+callbacks.epoch_clock._target_=epoch_clock.EpochClock", f"+callbacks.epoch_clock.path={stamps}",
+        "seed=0", "trainer=cpu", "trainer.enable_progress_bar=false", f"hydra.run.dir={out / name}",
+        "+callbacks.epoch_clock._target_=epoch_clock.EpochClock", f"+callbacks.epoch_clock.path={stamps}", *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(BENCH)}
-    wall = timed(cmd, env, out / "detector.log", ROOT)
+    wall = timed(cmd, env, out / f"{name}.log", ROOT)
     return wall, json.loads(stamps.read_text())
 
 
@@ -94,6 +96,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-epoch")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help="one more run of ours per round with these space-separated overrides (repeatable)",
+    )
     parser.add_argument("--yolov5-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--hyp", help=argparse.SUPPRESS)
     parser.add_argument("--stamps", help=argparse.SUPPRESS)
@@ -109,17 +118,28 @@ def main() -> None:
         data = resolve_data(args.data)
     print(f"data {data}, yolov5n, imgsz {args.imgsz}, batch {args.batch}, workers {args.workers}, "
           f"{args.epochs} epochs; epoch = median gap between validations from the 2nd epoch on")  # fmt: skip
-    print(f"{'round':>5} {'YOLOv5 epoch':>13} {'ours epoch':>11} {'ratio':>6} {'YOLOv5 run':>11} {'ours run':>9}")
-    ratios = []
+    variants = [("detector", [])] + [(f"variant{i}", v.split()) for i, v in enumerate(args.variant, 1)]
+    for name, extra in variants[1:]:
+        print(f"{name}: ours with {' '.join(extra)}")
+    head = "".join(f" {name + ' epoch':>16} {'ratio':>6}" for name, _ in variants)
+    runs = "".join(f" {name + ' run':>14}" for name, _ in variants)
+    print(f"{'round':>5} {'YOLOv5 epoch':>13}{head} {'YOLOv5 run':>11}{runs}")
+    ratios: dict[str, list[float]] = {name: [] for name, _ in variants}
     for r in range(args.rounds):
         out = args.out / f"round{r}"
         out.mkdir(parents=True, exist_ok=True)
         y_wall, y_stamps = run_yolov5(data, args, out)
-        o_wall, o_stamps = run_ours(data, args, out)
-        y, o = epoch_time(y_stamps), epoch_time(o_stamps)
-        ratios.append(o / y)
-        print(f"{r:>5} {y:>12.2f}s {o:>10.2f}s {o / y:>6.3f} {y_wall:>10.1f}s {o_wall:>8.1f}s", flush=True)
-    print(f"ours / YOLOv5 per epoch: mean {statistics.mean(ratios):.3f} over {len(ratios)} rounds")
+        y = epoch_time(y_stamps)
+        cells, walls = "", ""
+        for name, extra in variants:
+            o_wall, o_stamps = run_ours(data, args, out, extra, name)
+            o = epoch_time(o_stamps)
+            ratios[name].append(o / y)
+            cells += f" {o:>15.2f}s {o / y:>6.3f}"
+            walls += f" {o_wall:>13.1f}s"
+        print(f"{r:>5} {y:>12.2f}s{cells} {y_wall:>10.1f}s{walls}", flush=True)
+    for name, rs in ratios.items():
+        print(f"{name} / YOLOv5 per epoch: mean {statistics.mean(rs):.3f} over {len(rs)} rounds")
 
 
 if __name__ == "__main__":
