@@ -9,6 +9,8 @@ validating after every epoch (ours with its defaults: the COCO pass in the last 
 timestamp at the end of every epoch's validation (YOLOv5 through its ``on_fit_epoch_end`` callback, ours through
 bench/epoch_clock.py given on the command line); the epoch time is the median gap between consecutive epochs from
 the second on, so the start (imports, label caching, AutoAnchor) is reported apart, as the whole run's wall time.
+The epoch is split into the batch loop (epoch start to the end of the last batch: YOLOv5's ``on_train_epoch_end``,
+our ``on_validation_start``) and the rest (validation, checkpoints, logging).
 ``--data`` is ``shapes``, ``bench`` (512 JPEGs of 240-480 px, the fidelity issue's second dataset as
 bench/dataloader.py makes it) or a YOLOv5 data yaml. Prints per round and the ratio ours / YOLOv5 of the same round.
 ``--variant OVERRIDES`` (repeatable, space-separated overrides such as ``channels_last=true``) adds one more run of
@@ -34,13 +36,19 @@ from accuracy import OURS_PY, Y5_PY, resolve_data, yolov5_env  # noqa: E402
 
 
 def yolov5_child(args: argparse.Namespace) -> None:
-    """Runs inside YOLOv5's environment: its train.main with a timestamp per epoch (on_fit_epoch_end)."""
+    """Runs inside YOLOv5's environment: its train.main with timestamps at each epoch's start, the end of its batch
+    loop and the end of its validation (on_fit_epoch_end)."""
     from yolov5 import train
     from yolov5.utils.callbacks import Callbacks
 
-    stamps: list[float] = []
+    stamps: dict[str, list[float]] = {"start": [], "val_start": [], "end": []}
     callbacks = Callbacks()
-    callbacks.register_action("on_fit_epoch_end", callback=lambda *a, **k: stamps.append(time.perf_counter()))
+    for hook, key in (
+        ("on_train_epoch_start", "start"),
+        ("on_train_epoch_end", "val_start"),
+        ("on_fit_epoch_end", "end"),
+    ):
+        callbacks.register_action(hook, callback=lambda *a, key=key, **k: stamps[key].append(time.perf_counter()))
     opt = train.parse_opt(True)
     opt.data, opt.cfg, opt.weights, opt.hyp = args.data, "yolov5n.yaml", "", args.hyp
     opt.imgsz, opt.batch_size, opt.epochs, opt.workers = args.imgsz, args.batch, args.epochs, args.workers
@@ -82,9 +90,15 @@ def run_ours(data: Path, args: argparse.Namespace, out: Path, extra: list[str], 
     return wall, json.loads(stamps.read_text())
 
 
-def epoch_time(stamps: list[float]) -> float:
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    return statistics.median(gaps)
+def epoch_time(stamps: dict[str, list[float]]) -> float:
+    """Median gap between consecutive validation ends (the whole epoch, from the second on)."""
+    ends = stamps["end"]
+    return statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
+
+
+def train_time(stamps: dict[str, list[float]]) -> float:
+    """Median time of the batch loop alone (epoch start to validation start), from the second epoch on."""
+    return statistics.median(v - s for s, v in zip(stamps["start"][1:], stamps["val_start"][1:], strict=True))
 
 
 def main() -> None:
@@ -121,25 +135,27 @@ def main() -> None:
     variants = [("detector", [])] + [(f"variant{i}", v.split()) for i, v in enumerate(args.variant, 1)]
     for name, extra in variants[1:]:
         print(f"{name}: ours with {' '.join(extra)}")
-    head = "".join(f" {name + ' epoch':>16} {'ratio':>6}" for name, _ in variants)
-    runs = "".join(f" {name + ' run':>14}" for name, _ in variants)
-    print(f"{'round':>5} {'YOLOv5 epoch':>13}{head} {'YOLOv5 run':>11}{runs}")
+    print("epoch = batch loop + the rest (validation, checkpoint, logging); ratios to YOLOv5's of the same round")
+    head = ("round", "trainer", "epoch", "loop", "rest", "run", "epoch ratio", "loop ratio")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (5, 9, 8, 8, 7, 8, 12, 11), strict=True)))
     ratios: dict[str, list[float]] = {name: [] for name, _ in variants}
+    loop_ratios: dict[str, list[float]] = {name: [] for name, _ in variants}
     for r in range(args.rounds):
         out = args.out / f"round{r}"
         out.mkdir(parents=True, exist_ok=True)
         y_wall, y_stamps = run_yolov5(data, args, out)
-        y = epoch_time(y_stamps)
-        cells, walls = "", ""
+        y, y_loop = epoch_time(y_stamps), train_time(y_stamps)
+        print(f"{r:>5} {'YOLOv5':>9} {y:>7.2f}s {y_loop:>7.2f}s {y - y_loop:>6.2f}s {y_wall:>7.1f}s", flush=True)
         for name, extra in variants:
             o_wall, o_stamps = run_ours(data, args, out, extra, name)
-            o = epoch_time(o_stamps)
+            o, o_loop = epoch_time(o_stamps), train_time(o_stamps)
             ratios[name].append(o / y)
-            cells += f" {o:>15.2f}s {o / y:>6.3f}"
-            walls += f" {o_wall:>13.1f}s"
-        print(f"{r:>5} {y:>12.2f}s{cells} {y_wall:>10.1f}s{walls}", flush=True)
-    for name, rs in ratios.items():
-        print(f"{name} / YOLOv5 per epoch: mean {statistics.mean(rs):.3f} over {len(rs)} rounds")
+            loop_ratios[name].append(o_loop / y_loop)
+            print(f"{r:>5} {name:>9} {o:>7.2f}s {o_loop:>7.2f}s {o - o_loop:>6.2f}s {o_wall:>7.1f}s {o / y:>12.3f} "
+                  f"{o_loop / y_loop:>11.3f}", flush=True)  # fmt: skip
+    for name in ratios:
+        print(f"{name} / YOLOv5: epoch {statistics.mean(ratios[name]):.3f}, batch loop "
+              f"{statistics.mean(loop_ratios[name]):.3f} (means over {args.rounds} rounds)")  # fmt: skip
 
 
 if __name__ == "__main__":

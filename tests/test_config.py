@@ -115,6 +115,9 @@ def test_prepare_config_checks_choices(tmp_path):
     cfg = compose_train([f"run_dir={tmp_path}", "trainer=cpu", "trainer.sync_batchnorm=true"])
     with pytest.raises(ConfigError, match="sync_batchnorm=true needs CUDA"):
         prepare_config(cfg)
+    for bad in ("seed=-1", "seed=4294967296"):
+        with pytest.raises(ConfigError, match="seed="):
+            prepare_config(compose_train([f"run_dir={tmp_path}", bad]))
     for bad in ("freeze=abc", "freeze=-1", "freeze=[1,x]"):
         with pytest.raises(ConfigError, match="freeze="):
             prepare_config(compose_train([f"run_dir={tmp_path}", bad]))

@@ -161,6 +161,9 @@ def test_sampler_shuffles_per_epoch_and_pads_rect_with_last():
     assert sorted(first) == list(range(20)) and [i for i, _ in s] != first
     s.set_epoch(0)
     assert [i for i, _ in s] == first
+    # seeds are independent: seed 1's first epoch is not seed 0's second (it would be with seed + epoch)
+    second = EpochSampler(20, shuffle=True, seed=0, epoch=1)
+    assert [i for i, _ in EpochSampler(20, shuffle=True, seed=1)] != [i for i, _ in second]
     tail = [list(EpochSampler(5, shuffle=False, seed=0, rank=r, world_size=3)) for r in range(3)]
     assert [t[-1][0] for t in tail] == [3, 4, 4]
     with pytest.raises(ValueError):

@@ -81,6 +81,8 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"freeze={cfg.freeze}: an integer N >= 0 (the first N layers) or a list of layer indices")
     if int(cfg.workers) < 0:
         raise ConfigError(f"workers={cfg.workers}: must be >= 0")
+    if not 0 <= int(cfg.seed) < 2**32:
+        raise ConfigError(f"seed={cfg.seed}: must be in [0, 2**32) (numpy's and the sampler's seed range)")
     if cfg.trainer.get("sync_batchnorm") and not trains_on_cuda(cfg.trainer):
         raise ConfigError("trainer.sync_batchnorm=true needs CUDA devices: torch's SyncBatchNorm is GPU-only")
     max_epochs = cfg.trainer.get("max_epochs")

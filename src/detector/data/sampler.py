@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -12,7 +13,9 @@ from torch.utils.data import Sampler
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, epoch)`` for this rank's share of ``range(n)``; Lightning calls ``set_epoch``.
 
-    With ``shuffle`` the order is a permutation seeded by ``seed + epoch`` (as DistributedSampler). The list
+    With ``shuffle`` the order is a permutation seeded by the pair ``(seed, epoch)`` through numpy's SeedSequence.
+    (DistributedSampler seeds with ``seed + epoch``, which gives seed s at epoch e+1 the order of seed s+1 at epoch e:
+    runs of neighbouring seeds would share every epoch's order but one, and their spread would look narrower.) The list
     is padded to a multiple of ``world_size`` and rank r takes every world_size-th item starting at r. Padding
     repeats the first items when shuffling and the last item otherwise, so that under DDP each rank's k-th
     batch of a rect (unshuffled) dataset comes from one rect group of ``batch * world_size`` images.
@@ -38,7 +41,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(2, np.uint32)
+            g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
             indices = torch.randperm(self.n, generator=g).tolist()
         else:
             indices = list(range(self.n))
