@@ -17,6 +17,7 @@ from detector.data.multiscale import multi_scale
 from detector.loss import YoloLoss, scale_loss_gains
 from detector.metrics import DetectionEvaluator, fitness, format_per_class_table
 from detector.models import DetectionModel
+from detector.models.inference_copy import inference_copy
 from detector.nms import non_max_suppression
 from detector.optim import OptimizerChoice, auto_iterations, build_optimizer, resolve_optimizer, scaled_weight_decay
 from detector.run_config import ConfigError
@@ -72,6 +73,9 @@ class DetectorModule(L.LightningModule):
         # The loss gains scaled to layers, classes and image size; the raw hyp stays in self.hparams.hyp.
         self.loss_fn = YoloLoss(self.model, scale_loss_gains(hyp, self.model.detect.nl, nc, imgsz), label_smoothing)
         self.val_cfg = dict(val)
+        # Validation's folded copy of the model (inference_copy), in a list so that it is not a child module: its
+        # tensors must stay out of the module's parameters, state_dict and the EMA's weight swaps.
+        self._val_copy: list[torch.nn.Module] = []
         self.evaluator = DetectionEvaluator(
             nc, names=self.names, ap_method=self.val_cfg["ap_method"], coco=self.val_cfg["coco"] != "never"
         )
@@ -186,9 +190,14 @@ class DetectorModule(L.LightningModule):
                 self.log(f"x/lr{j}", lr, on_step=False, on_epoch=True, batch_size=1)
         return loss.detach()
 
-    def _pixels(self, imgs: torch.Tensor) -> torch.Tensor:
-        """uint8 batch -> [0, 1] in the module's dtype (float64 under precision=64-true), NHWC with channels_last."""
-        if self.hparams.channels_last:
+    @property
+    def _val_nhwc(self) -> bool:
+        return bool(self.hparams.channels_last or self.val_cfg.get("channels_last", True))
+
+    def _pixels(self, imgs: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
+        """uint8 batch -> [0, 1] in the module's dtype (float64 under precision=64-true), NHWC with channels_last
+        (default: the training layout)."""
+        if self.hparams.channels_last if channels_last is None else channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)  # on the uint8 batch: a quarter of the bytes
         return (imgs.float() / 255).to(self.dtype)
 
@@ -230,12 +239,15 @@ class DetectorModule(L.LightningModule):
         self.evaluator.coco_active = coco == "always" or (coco == "final" and (last_epoch or not fitting))
         self.evaluator.reset()
         self._val_losses: list[tuple[int, int, int, torch.Tensor]] = []  # (batch, rank, images, box/obj/cls)
+        # The weights validated (the EMA's: callbacks' hooks run before this one), BatchNorm folded in, NHWC.
+        self._val_copy[:] = [inference_copy(self.model, fuse_bn=bool(self.val_cfg.get("fuse_bn", True)),
+                                            channels_last=self._val_nhwc)]  # fmt: skip
 
     def validation_step(self, batch: tuple, batch_idx: int) -> list[torch.Tensor]:
         imgs, targets, _paths, infos = batch
-        imgs = self._pixels(imgs)
+        imgs = self._pixels(imgs, channels_last=self._val_nhwc)
         height, width = imgs.shape[2:]
-        decoded, raw = self.model(imgs)
+        decoded, raw = (self._val_copy[0] if self._val_copy else self.model)(imgs)
         loss = self.loss_fn(raw, targets)[1].cpu().double()
         self._val_losses.append((batch_idx, self.global_rank, len(imgs), loss))
         dets = non_max_suppression(
@@ -272,6 +284,7 @@ class DetectorModule(L.LightningModule):
         self._val_losses = [item for _, losses in every for item in losses]
 
     def on_validation_epoch_end(self) -> None:
+        self._val_copy.clear()  # rebuilt from the weights of the next validation
         self._gather_validation()
         results = self.evaluator.compute()
         metrics = {
