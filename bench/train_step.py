@@ -96,7 +96,7 @@ def bare_run(cfg, batches, device: str) -> list[float]:
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     updates, last, times = 0, -1, []
     for ni, (imgs, targets) in enumerate(batches):
-        imgs, targets = (imgs.to(device, non_blocking=True).float() / 255), targets.to(device)
+        imgs, targets = module._pixels(imgs.to(device, non_blocking=True)), targets.to(device)  # NHWC if configured
         schedule.apply(opt.param_groups, ni)
         with torch.autocast(device, enabled=cuda):
             loss, _ = loss_fn(model(imgs), targets)
@@ -134,15 +134,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("overrides", nargs="*", help="config overrides for both sides, e.g. channels_last=true")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")  # Lightning's notes on the loop without validation
     timed = args.steps - args.warmup - 1
-    print(f"device {args.device}, batch {args.batch}, {timed} timed steps, torch {torch.__version__}")
+    print(f"device {args.device}, batch {args.batch}, {timed} timed steps, torch {torch.__version__}, "
+          f"overrides {args.overrides}")  # fmt: skip
     print(f"{'model':8} {'imgsz':>5} {'ours img/s':>11} {'bare img/s':>11} {'ours/bare':>10}")
     for name in args.models:
         for imgsz in args.sizes:
-            cfg = compose_train([f"model={name}", f"imgsz={imgsz}", f"batch_size={args.batch}"])
+            cfg = compose_train([f"model={name}", f"imgsz={imgsz}", f"batch_size={args.batch}", *args.overrides])
             batches = make_batches(args.steps, args.batch, imgsz)
             ours, bare = [], []
             for _ in range(args.rounds):
