@@ -22,6 +22,7 @@ from detector.checkpoint_file import CheckpointError, load_checkpoint, model_fro
 from detector.console import exit_on_user_error, quiet_third_party
 from detector.data.images import IMG_FORMATS, read_image
 from detector.data.letterbox import letterbox
+from detector.models.inference_copy import inference_copy
 from detector.nms import non_max_suppression
 from detector.plots.annotate import annotate
 
@@ -106,7 +107,8 @@ def predict(cfg: DictConfig, cwd: str | None = None) -> dict[str, np.ndarray]:
     module, run = model_from_checkpoint(load_checkpoint(Path(cwd) / str(cfg.ckpt)))
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     imgsz = int(cfg.imgsz if cfg.imgsz is not None else run.imgsz)
-    predictor = Predictor(module.model, imgsz, cfg.conf, cfg.iou, cfg.max_det, cfg.agnostic_nms, device)
+    model = inference_copy(module.model, fuse_bn=True, channels_last=False)  # BatchNorm folded in: faster, same boxes
+    predictor = Predictor(model, imgsz, cfg.conf, cfg.iou, cfg.max_det, cfg.agnostic_nms, device)
     run_dir = Path(cfg.run_dir)
     (run_dir / "labels").mkdir(parents=True, exist_ok=True)
     names, results = module.names, {}
