@@ -1,5 +1,5 @@
-"""Validation time: the folded NHWC copy that validation runs (val.fuse_bn, val.channels_last) against the plain
-model, alternated in one process on the same checkpoint and data.
+"""Validation time: the folded copy that validation runs (val.fuse_bn; with ``--channels-last`` also NHWC,
+val.channels_last) against the plain model, alternated in one process on the same checkpoint and data.
 
     .venv/bin/python bench/validation.py --ckpt outputs/train/<run>/weights/last.ckpt [--data bench] [--rounds 4]
 
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--channels-last", action="store_true", help="the copy NHWC too (val.channels_last=true)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -55,12 +56,13 @@ def main() -> None:
                                   report_dir=out, cache=None, imgsz=imgsz)  # fmt: skip
     module.val_cfg["coco"] = "never"
     print(f"{args.ckpt}, data {data_name}, imgsz {imgsz}, torch threads {torch.get_num_threads()}")
-    print(f"{'round':>5} {'folded NHWC':>12} {'plain':>8} {'ratio':>6} {'max metric diff':>16}")
+    copy = "folded NHWC" if args.channels_last else "folded"
+    print(f"{'round':>5} {copy:>12} {'plain':>8} {'ratio':>6} {'max metric diff':>16}")
     ratios = []
     for r in range(args.rounds):
         times, metrics = {}, {}
         for fold in (True, False):
-            module.val_cfg.update(fuse_bn=fold, channels_last=fold)
+            module.val_cfg.update(fuse_bn=fold, channels_last=fold and args.channels_last)
             trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                                 enable_model_summary=False, default_root_dir=str(out))  # fmt: skip
             start = time.perf_counter()
@@ -69,7 +71,7 @@ def main() -> None:
         diff = max(abs(metrics[True][k] - metrics[False][k]) for k in metrics[False])
         ratios.append(times[True] / times[False])
         print(f"{r:>5} {times[True]:>11.2f}s {times[False]:>7.2f}s {ratios[-1]:>6.3f} {diff:>16.2e}", flush=True)
-    print(f"folded NHWC / plain: mean {statistics.mean(ratios):.3f} over {args.rounds} rounds")
+    print(f"{copy} / plain: mean {statistics.mean(ratios):.3f} over {args.rounds} rounds")
 
 
 if __name__ == "__main__":

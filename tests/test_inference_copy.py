@@ -76,7 +76,7 @@ def test_validation_metrics_with_and_without_the_folded_copy_agree(trained_run, 
         trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, default_root_dir=str(tmp_path))  # fmt: skip
         results[fold] = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-        assert used and all(u == fold for u in used)
+        assert used and all(u == fold for u in used)  # off: the model itself (no copy)
         used.clear()
         assert not module._val_copy  # released after each validation
     assert results[True]["val/box_loss"] > 0 and set(results[True]) == set(results[False])

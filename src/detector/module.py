@@ -192,7 +192,7 @@ class DetectorModule(L.LightningModule):
 
     @property
     def _val_nhwc(self) -> bool:
-        return bool(self.hparams.channels_last or self.val_cfg.get("channels_last", True))
+        return bool(self.hparams.channels_last or self.val_cfg.get("channels_last", False))
 
     def _pixels(self, imgs: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
         """uint8 batch -> [0, 1] in the module's dtype (float64 under precision=64-true), NHWC with channels_last
@@ -239,9 +239,11 @@ class DetectorModule(L.LightningModule):
         self.evaluator.coco_active = coco == "always" or (coco == "final" and (last_epoch or not fitting))
         self.evaluator.reset()
         self._val_losses: list[tuple[int, int, int, torch.Tensor]] = []  # (batch, rank, images, box/obj/cls)
-        # The weights validated (the EMA's: callbacks' hooks run before this one), BatchNorm folded in, NHWC.
-        self._val_copy[:] = [inference_copy(self.model, fuse_bn=bool(self.val_cfg.get("fuse_bn", True)),
-                                            channels_last=self._val_nhwc)]  # fmt: skip
+        # val.fuse_bn / val.channels_last: validate a copy of the weights validated (the EMA's: callbacks' hooks run
+        # before this one), BatchNorm folded in, NHWC; with both off, the model itself.
+        fuse_bn = bool(self.val_cfg.get("fuse_bn", False))
+        if fuse_bn or self._val_nhwc != bool(self.hparams.channels_last):
+            self._val_copy[:] = [inference_copy(self.model, fuse_bn=fuse_bn, channels_last=self._val_nhwc)]
 
     def validation_step(self, batch: tuple, batch_idx: int) -> list[torch.Tensor]:
         imgs, targets, _paths, infos = batch
