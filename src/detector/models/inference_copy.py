@@ -1,4 +1,4 @@
-"""A copy of a model for validation: each Conv's BatchNorm folded into its convolution, optionally NHWC.
+"""A copy of a model for validation, export and prediction: each BatchNorm folded into its conv, optionally NHWC.
 
 Folding uses torch's ``fuse_conv_bn_eval``: the copy computes what the model computes in eval mode, up to float
 rounding (about 1e-6 relative), with one pass over memory less per layer. The model itself is left as it is.
