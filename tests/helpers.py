@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +122,6 @@ class Rendezvous(Callback):
         self.folder, self.n, self.timeout = Path(folder), n, timeout
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import os
-        import time
-
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / str(os.getpid())).touch()
         deadline = time.time() + self.timeout
@@ -141,8 +140,6 @@ class HangWhile(Callback):
         self.flag, self.job = Path(flag), None if job is None else str(job)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import time
-
         if self.job is not None and Path(trainer.default_root_dir).name != self.job:
             return
         while self.flag.exists() and not trainer.received_sigterm:
