@@ -40,9 +40,13 @@ def sweep_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
-def train_m(cwd: Path, data: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def train_m(
+    cwd: Path, data: Path, *args: str, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     cmd = command(data, *args)
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, env=sweep_env())
+    out = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, env={**sweep_env(), **(env or {})}
+    )
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -149,6 +153,25 @@ def test_joblib_launcher_runs_two_children_at_once(tiny_data, tmp_path):
     assert len(history.read_csv(sweep / "evolve.csv")[1]) == 2
 
 
+def test_submitit_launcher_runs_a_generation_as_two_jobs(tiny_data, tmp_path):
+    """hydra/launcher=submitit_local: the submitit_slurm launcher's code path (pickled job, submitit's job process,
+    its results) with local processes instead of SLURM's; no cluster here."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")  # optional extra: pip install 'detector[slurm]'
+    sweep = tmp_path / "sweep"
+    meet = ("+callbacks.meet._target_=tests.helpers.Rendezvous", f"+callbacks.meet.folder={tmp_path / 'meet'}",
+            "+callbacks.meet.n=2")  # fmt: skip
+    train_m(tmp_path, tiny_data, *evolve_args(sweep, 1, 2), "hydra/launcher=submitit_local",
+            f"hydra.launcher.submitit_folder={tmp_path / 'submitit'}", *meet)  # fmt: skip
+    a, b = (json.loads((sweep / str(i) / "results.json").read_text()) for i in range(2))
+    assert "error" not in a and "error" not in b  # submitit ran the two jobs side by side
+    assert a["started"] < b["finished"] and b["started"] < a["finished"]
+    keys, values = history.read_csv(sweep / "evolve.csv")
+    assert len(values) == 2 and np.allclose(
+        values[:, 2], [a["final"]["metrics/mAP_0.5"], b["final"]["metrics/mAP_0.5"]]
+    )
+    assert len(list((tmp_path / "submitit").glob("*_result.pkl"))) == 2  # both went through submitit
+
+
 def test_ray_launcher_runs_a_generation_on_a_local_cluster(tiny_data, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")  # optional extra: pip install 'detector[ray]'
     sweep = tmp_path / "sweep"
@@ -164,16 +187,24 @@ def test_ray_launcher_runs_a_generation_on_a_local_cluster(tiny_data, tmp_path):
 
 # ours in make test; the basic and Optuna sweepers go the same way (each job one child process) and run in
 # make test-all (43 s each: make test stays under 15 min)
-@pytest.mark.parametrize("sweeper", [pytest.param("basic", marks=pytest.mark.slow), "evolve",
+# evolve-in-slurm: the sweep runs as one SLURM task (a submitit_slurm job: its SLURM_* variables, no SLURM here);
+# Lightning, seeing SLURM_NTASKS=1, refused the child's devices=2 until the child stopped inheriting the task counts
+@pytest.mark.parametrize("sweeper", [pytest.param("basic", marks=pytest.mark.slow), "evolve", "evolve-in-slurm",
                                      pytest.param("optuna", marks=pytest.mark.slow)])  # fmt: skip
 def test_a_two_process_ddp_trial_inside_a_sweep_runs_once(tiny_data, tmp_path, sweeper):
     ddp = ["trainer.devices=2", "trainer.strategy=ddp", "name=ddp"]
-    args = {"evolve": evolve_args(tmp_path / "sweep", 1, 1), "basic": ["seed=1"],
-            "optuna": ["hydra/sweeper=optuna_evolve", "hydra.sweeper.n_trials=1"]}[sweeper]  # fmt: skip
+    args = {
+        "evolve": evolve_args(tmp_path / "sweep", 1, 1),
+        "basic": ["seed=1"],
+        "optuna": ["hydra/sweeper=optuna_evolve", "hydra.sweeper.n_trials=1"],
+    }[sweeper.replace("-in-slurm", "")]
     if sweeper == "optuna":
         pytest.importorskip("optuna")
-    train_m(tmp_path, tiny_data, *args, *ddp)
-    if sweeper == "evolve":
+    slurm = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "4243", "SLURM_STEP_ID": "0",
+             "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+             "SLURM_NNODES": "1", "SLURM_NODELIST": "localhost"}  # fmt: skip
+    train_m(tmp_path, tiny_data, *args, *ddp, env=slurm if sweeper.endswith("in-slurm") else None)
+    if sweeper.startswith("evolve"):
         folders = [tmp_path / "sweep"]
         assert len(history.read_csv(tmp_path / "sweep" / "evolve.csv")[1]) == 1
     else:
@@ -197,6 +228,16 @@ def test_failed_children_are_rows_with_fitness_zero_and_the_sweep_goes_on(tiny_d
     assert [n["draw"] for n in notes] == [0, 1]
     assert all("timeout of 2" in n["error"] for n in notes)
     assert "child 0 failed" in out.stdout + out.stderr
+
+
+def test_a_job_run_as_several_slurm_tasks_is_refused_not_trained_twice(tiny_data, tmp_path):
+    sweep = tmp_path / "sweep"  # submitit with tasks_per_node=2 runs every job on two tasks: each would start a child
+    train_m(tmp_path, tiny_data, *evolve_args(sweep, 1, 1), env={"SLURM_NTASKS": "2", "SLURM_JOB_NAME": "train"})
+    _, values = history.read_csv(sweep / "evolve.csv")
+    assert values.shape[0] == 1 and (values[:, :7] == 0).all()
+    (note,) = [d for d in history.read_draws(sweep / "evolve_draws.jsonl") if "error" in d]
+    assert "runs as 2 SLURM tasks" in note["error"] and "tasks_per_node=1" in note["error"]
+    assert not (sweep / "0" / "results.json").exists()  # no child trained
 
 
 def test_only_one_device_one_node_jobs_count_as_single_process():
