@@ -188,7 +188,7 @@ def test_ray_launcher_runs_a_generation_on_a_local_cluster(tiny_data, tmp_path):
 # ours in make test; the basic and Optuna sweepers go the same way (each job one child process) and run in
 # make test-all (43 s each: make test stays under 15 min)
 # evolve-in-slurm: the sweep runs as one SLURM task (a submitit_slurm job: its SLURM_* variables, no SLURM here);
-# Lightning, seeing SLURM_NTASKS=1, refused the child's devices=2 until the child stopped inheriting the task counts
+# Lightning, seeing SLURM_NTASKS=1, refused the child's devices=2 until such a run took Lightning's own launcher
 @pytest.mark.parametrize("sweeper", [pytest.param("basic", marks=pytest.mark.slow), "evolve", "evolve-in-slurm",
                                      pytest.param("optuna", marks=pytest.mark.slow)])  # fmt: skip
 def test_a_two_process_ddp_trial_inside_a_sweep_runs_once(tiny_data, tmp_path, sweeper):

@@ -11,6 +11,7 @@ import torch
 
 from callbacks.results_csv import read_results
 from detector.data.shapes import ensure_shapes_dataset
+from detector.train import own_ranks_in_slurm_task
 from tests.test_resume import finish, only_run, train
 
 SETTINGS = ("epochs=3", "imgsz=64", "batch_size=8", "workers=0", "trainer=cpu", "logger=csv", "nbs=16",
@@ -111,3 +112,14 @@ def test_slurm_tasks_train_into_the_jobs_run_folder(tiny_data, tmp_path):
     folders = [p for p in (tmp_path / "outputs" / "sl").iterdir() if p.is_dir()]
     assert [p.name for p in folders] == ["slurm-4242.0"]
     assert [r["epoch"] for r in read_results(folders[0] / "results.csv")] == [0]
+
+
+def test_a_one_task_slurm_job_starts_its_own_ranks_only_when_it_needs_them():
+    one_task = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "CUDA_VISIBLE_DEVICES": "0,1"}
+    ddp2 = {"devices": 2, "strategy": "ddp", "num_nodes": 1}
+    assert own_ranks_in_slurm_task(ddp2, one_task)  # else Lightning waits for SLURM's tasks and refuses devices=2
+    assert own_ranks_in_slurm_task({"devices": "auto", "accelerator": "gpu"}, one_task)  # auto: both GPUs
+    assert not own_ranks_in_slurm_task({"devices": 1}, one_task)  # one process: SLURM's environment (auto-requeue)
+    assert not own_ranks_in_slurm_task(ddp2, {**one_task, "SLURM_NTASKS": "2"})  # srun started the ranks
+    assert not own_ranks_in_slurm_task(ddp2, {"CUDA_VISIBLE_DEVICES": "0,1"})  # no SLURM
+    assert not own_ranks_in_slurm_task({**ddp2, "num_nodes": 2}, one_task)  # other nodes need SLURM's tasks

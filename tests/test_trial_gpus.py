@@ -1,8 +1,8 @@
-"""Sweep jobs each see their own GPUs (a parallel launcher would stack them on GPU 0) and start their DDP ranks."""
+"""Sweep jobs on a multi-GPU machine each see their own GPUs (a parallel launcher would stack them on GPU 0)."""
 
 from __future__ import annotations
 
-from detector.evolve.trial import child_env, job_gpus, visible_gpus
+from detector.evolve.trial import job_gpus, visible_gpus
 
 GPU1 = {"accelerator": "gpu", "devices": 1}
 
@@ -30,16 +30,3 @@ def test_no_pinning_where_it_has_no_meaning():
     assert job_gpus(1, {"accelerator": "gpu", "devices": "auto"}, visible) is None
     assert job_gpus(1, {"accelerator": "gpu", "devices": 2}, visible) is None  # all of them anyway
     assert job_gpus(1, GPU1, []) is None  # no GPU (a Ray or SLURM task restricts the set itself)
-
-
-ONE_TASK_JOB = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "train",
-                "SLURM_PROCID": "0", "PATH": "/bin"}  # fmt: skip
-
-
-def test_a_ddp_child_of_a_one_task_slurm_job_starts_its_ranks_itself():
-    env = child_env(ONE_TASK_JOB, None, ddp=True)
-    assert "SLURM_NTASKS" not in env and "SLURM_NTASKS_PER_NODE" not in env  # else Lightning refuses devices=2
-    assert env["SLURM_JOB_ID"] == "7" and env["PATH"] == "/bin"  # everything else is inherited
-    assert child_env(ONE_TASK_JOB, None, ddp=False) is None  # one device: SLURM's view is right as it is
-    assert child_env({"PATH": "/bin"}, None, ddp=True) is None  # no SLURM
-    assert child_env({"PATH": "/bin"}, "2,3", ddp=True) == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "2,3"}

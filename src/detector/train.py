@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd, instantiate
+from lightning.fabric.plugins.environments import ClusterEnvironment, LightningEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
@@ -27,7 +29,7 @@ from detector.console import exit_on_user_error, quiet_third_party
 from detector.data.config import DataConfig, load_data_config
 from detector.data.datamodule import DetectorDataModule
 from detector.evolve.history import RESULT_KEYS
-from detector.evolve.trial import in_multirun, run_in_child, write_result
+from detector.evolve.trial import in_multirun, run_in_child, single_process, visible_gpus, write_result
 from detector.module import DetectorModule
 from detector.rank_logging import filter_to_rank_zero
 from detector.resume import CONFIG_KEY, ResumeRefused, StoreRunConfig, restore_config
@@ -148,7 +150,7 @@ def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
     datamodule = build_datamodule(cfg, data, stride=int(module.model.stride.max()))
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    plugins = _plugins(trainer_kwargs.pop("plugins", None))
+    plugins = _plugins(trainer_kwargs.pop("plugins", None), trainer_kwargs)
     trainer_kwargs["strategy"] = _strategy(trainer_kwargs.get("strategy", "auto"), float(cfg.ddp_timeout))
     callbacks = console_callbacks(instantiate_group(cfg.callbacks), trainer_kwargs)  # may set a trainer flag
     trainer = L.Trainer(
@@ -200,12 +202,26 @@ def _strategy(strategy: Any, timeout_s: float) -> Any:
     return strategy
 
 
-def _plugins(configured: Any) -> list:
-    """trainer.plugins plus our atomic checkpoint writer (unless a CheckpointIO of the user's is among them)."""
+def _plugins(configured: Any, trainer_kwargs: dict[str, Any]) -> list:
+    """trainer.plugins plus our atomic checkpoint writer (unless a CheckpointIO of the user's is among them), and
+    Lightning's own cluster environment for a one-task SLURM job that needs ranks (:func:`own_ranks_in_slurm_task`)."""
     plugins = [] if configured is None else list(configured) if isinstance(configured, list) else [configured]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
+    if not any(isinstance(p, ClusterEnvironment) for p in plugins) and own_ranks_in_slurm_task(trainer_kwargs):
+        plugins.append(LightningEnvironment())
     return plugins
+
+
+def own_ranks_in_slurm_task(trainer_kwargs: dict[str, Any], environ: dict[str, str] | None = None) -> bool:
+    """True for a run that is one SLURM task (``SLURM_NTASKS=1``: ``sbatch`` without ``srun``, a submitit job) and
+    needs DDP ranks on its node. Lightning's SLURM environment would expect SLURM to have started one task per
+    device and refuse ``devices>1``; its own launcher starts the ranks instead, as outside SLURM. Runs that need no
+    ranks keep the SLURM environment (its auto-requeue)."""
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_NTASKS") != "1" or int(trainer_kwargs.get("num_nodes", 1)) != 1:
+        return False
+    return not single_process(trainer_kwargs, len(visible_gpus(env)))
 
 
 def train_job(cfg: DictConfig) -> float:

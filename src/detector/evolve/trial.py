@@ -42,10 +42,6 @@ SWEEP_ONLY = ("hydra/sweeper", "hydra.sweeper", "hydra/launcher", "hydra.launche
               "hydra.mode", "hydra.job.num", "hydra.job.id")  # fmt: skip
 
 
-# What makes Lightning take a process for one of several SLURM tasks (its SLURMEnvironment).
-SLURM_TASK_COUNTS = ("SLURM_NTASKS", "SLURM_NTASKS_PER_NODE")
-
-
 class TrialFailed(RuntimeError):
     """The child process of a sweep job failed; the message says how and where its log is."""
 
@@ -123,22 +119,6 @@ def job_gpus(job_num: int, trainer: Mapping[str, Any], visible: list[str]) -> st
     return ",".join(visible[(start + i) % len(visible)] for i in range(count))
 
 
-def child_env(environ: Mapping[str, str], gpus: str | None, ddp: bool) -> dict[str, str] | None:
-    """The child's environment; None to inherit ours unchanged.
-
-    ``gpus``: its ``CUDA_VISIBLE_DEVICES`` (:func:`job_gpus`). A DDP child of a job that runs as one SLURM task
-    (submitit's jobs: ``tasks_per_node=1``) loses ``SLURM_NTASKS``/``SLURM_NTASKS_PER_NODE``: with them, Lightning
-    would expect SLURM to have started one task per device and refuse ``devices=2``; without them it starts the
-    ranks itself on the job's devices, as it does outside SLURM."""
-    env = dict(environ)
-    if gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpus
-    if ddp and environ.get("SLURM_NTASKS") == "1":
-        for key in SLURM_TASK_COUNTS:
-            env.pop(key, None)
-    return env if env != dict(environ) else None
-
-
 def run_in_child(
     trainer: Mapping[str, Any], timeout_s: float | None, preload: bool, pin_gpus: bool = True, cfg: Any = None
 ) -> float:
@@ -159,7 +139,7 @@ def run_in_child(
     visible = visible_gpus(os.environ)
     warm = preload and single_process(trainer, len(visible))
     gpus = job_gpus(int(hc.job.num), trainer, visible) if pin_gpus else None
-    env = child_env(os.environ, gpus, ddp=not single_process(trainer, len(visible)))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else None
     log.info("job %s (%s process%s): python -m detector.train %s", hc.job.num, "preloaded" if warm else "new",
              f", GPUs {gpus}" if gpus is not None else "", " ".join(args))  # fmt: skip
     job = _job_config(cfg) if warm and cfg is not None else None
