@@ -8,8 +8,10 @@ loss times world size), the optimizer step when the accumulation is reached, aft
 the EMA update. The bare loop uses the same model, loss, optimizer groups and schedule objects, with a plain EMA lerp
 (YOLOv5's ModelEMA); ours adds what a run has: Lightning's loop, manual optimization, our logging of losses, lr and
 momentum, and the EMA through Lightning's WeightAveraging. Batches are fixed random images and boxes in memory (no
-loader: bench/dataloader.py measures that). The first ``--warmup`` steps are not timed; the two sides alternate
-``--rounds`` times per setting and the figure is images per second, with ours / bare in the same round. On CUDA both
+loader: bench/dataloader.py measures that). The first ``--warmup`` steps are not timed; a run's figure is images per
+second of its median step. The two sides alternate ``--rounds`` times per setting; ours / bare is taken in each
+round and reported as the mean over rounds with its 95 % interval, so that many short rounds can bound an overhead
+of a few percent on a noisy machine. On CUDA both
 run in AMP (16-mixed; the bare loop with autocast and a GradScaler).
 """
 
@@ -121,8 +123,20 @@ def bare_run(cfg, batches, device: str) -> list[float]:
 
 
 def images_per_second(times: list[float], warmup: int, batch: int) -> float:
-    timed = times[warmup:]
-    return batch * (len(timed) - 1) / (timed[-1] - timed[0])
+    """Images per second of the run's median step after ``warmup`` steps: a stray slow step (the OS, the garbage
+    collector) moves the median little, where it moves an average over a few steps by several percent."""
+    return batch / statistics.median(b - a for a, b in zip(times[warmup:-1], times[warmup + 1 :], strict=True))
+
+
+def ratio_summary(ratios: list[float]) -> str:
+    """Mean of the per-round ratios with its 95 % interval (Student's t over rounds)."""
+    if len(ratios) < 2:
+        return f"{ratios[0]:.3f}"
+    from scipy import stats
+
+    mean, sem = statistics.mean(ratios), statistics.stdev(ratios) / len(ratios) ** 0.5
+    half = stats.t.ppf(0.975, len(ratios) - 1) * sem
+    return f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
 
 
 def main() -> None:
@@ -141,7 +155,7 @@ def main() -> None:
     timed = args.steps - args.warmup - 1
     print(f"device {args.device}, batch {args.batch}, {timed} timed steps, torch {torch.__version__}, "
           f"overrides {args.overrides}")  # fmt: skip
-    print(f"{'model':8} {'imgsz':>5} {'ours img/s':>11} {'bare img/s':>11} {'ours/bare':>10}")
+    print(f"{'model':8} {'imgsz':>5} {'ours img/s':>11} {'bare img/s':>11}  ours/bare, mean of the rounds [95 % CI]")
     for name in args.models:
         for imgsz in args.sizes:
             cfg = compose_train([f"model={name}", f"imgsz={imgsz}", f"batch_size={args.batch}", *args.overrides])
@@ -154,8 +168,8 @@ def main() -> None:
                 bare.append(images_per_second(bare_run(cfg, batches, args.device), args.warmup, args.batch))
             ratios = [o / b for o, b in zip(ours, bare, strict=True)]
             each = ", ".join(f"{r:.3f}" for r in ratios)
-            print(f"{name:8} {imgsz:>5} {statistics.mean(ours):>11.1f} {statistics.mean(bare):>11.1f} "
-                  f"{statistics.mean(ratios):>9.3f} (rounds {each})", flush=True)  # fmt: skip
+            print(f"{name:8} {imgsz:>5} {statistics.mean(ours):>11.1f} {statistics.mean(bare):>11.1f}  "
+                  f"{ratio_summary(ratios)} (rounds {each})", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

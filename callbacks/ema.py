@@ -36,8 +36,8 @@ class YoloEmaAverage:
         if not averaged or not averaged[0].is_floating_point():
             return
         weight = 1.0 - self.decay_at(int(num_averaged) + self.offset)
-        for a, c in zip(averaged, current, strict=True):
-            a.lerp_(c.to(a.dtype), weight)
+        # one multi-tensor call instead of a lerp_ per tensor (~350 for yolov5n): the same lerp on every tensor
+        torch._foreach_lerp_(averaged, [c.to(a.dtype) for a, c in zip(averaged, current, strict=True)], weight)
 
 
 class YoloEMA(WeightAveraging):

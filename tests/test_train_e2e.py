@@ -130,6 +130,13 @@ def test_optimizer_steps_follow_yolov5_rule(tiny_data, tmp_path):
     np.testing.assert_allclose([[float(r[f"lr/pg{j}"]) for j in range(3)] for r in steps], plan.lr, rtol=1e-6)
     np.testing.assert_allclose([float(r["momentum"]) for r in steps], plan.momentum, rtol=1e-6)
     assert [int(float(r["accumulate"])) for r in steps] == plan.accumulate.tolist()
+    # train/*_loss: each epoch's mean of its batches' losses (equal batches here), whose sums the "loss" rows hold
+    for epoch in range(epochs):
+        batch_losses = [float(r["loss"]) for r in rows if r.get("loss") and int(r["epoch"]) == epoch]
+        (row,) = [r for r in rows if r.get("train/box_loss") and int(r["epoch"]) == epoch]
+        assert len(batch_losses) == nb
+        total = sum(float(row[f"train/{k}_loss"]) for k in ("box", "obj", "cls"))
+        assert total == pytest.approx(np.mean(batch_losses), rel=1e-6)
     # COCO mAP (slow pycocotools) is computed at the final epoch only (val.coco=final).
     coco_epochs = sorted({int(r["epoch"]) for r in rows if r.get("metrics/coco_mAP")})
     assert coco_epochs == [epochs - 1]
