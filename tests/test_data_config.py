@@ -49,6 +49,9 @@ def test_folder_sources_names_list(ds: Path, tmp_path: Path) -> None:
     files = list_image_files(cfg.train)
     assert [Path(f).name for f in files] == ["a.jpg", "b.jpg", "c.PNG"]  # recursive, case-insensitive, sorted
     assert all(os.path.isabs(f) for f in files)
+    assert (
+        list_image_files(str(cfg.train[0])) == list_image_files(cfg.train[0]) == files
+    )  # one source, not its characters
 
 
 def test_names_dict_and_nc(ds: Path, tmp_path: Path) -> None:

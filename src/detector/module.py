@@ -161,15 +161,27 @@ class DetectorModule(L.LightningModule):
         sync_dist=True)`` in every batch would give; that costs ~1 ms a batch for the three, this one tensor add a
         batch and one reduce an epoch. Logged here, not in on_train_epoch_end, which Lightning calls after the
         callbacks' (results.csv reads them there)."""
-        trainer = self.trainer
-        last = batch_idx + 1 >= self.nb or trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
-        if not last or self._train_loss_sum is None:
+        if not self._epoch_ends_after(batch_idx) or self._train_loss_sum is None:
             return
+        trainer = self.trainer
         reduce = trainer.strategy.reduce  # mean over ranks of the sums and of the counts: sum / count overall
         count = reduce(torch.tensor(float(self._train_images), device=self._train_loss_sum.device), reduce_op="mean")
         means = reduce(self._train_loss_sum.clone(), reduce_op="mean") / count
         self.log_dict({f"train/{n}": v for n, v in zip(LOSS_NAMES, means, strict=True)}, on_step=False,
                       on_epoch=True, batch_size=1, sync_dist=True)  # fmt: skip
+        self._train_loss_sum = None  # logged once an epoch
+
+    def _epoch_ends_after(self, batch_idx: int) -> bool:
+        """Whether Lightning ends the epoch after this batch: its last batch, max_steps, or a stop request once
+        min_epochs and min_steps are met (Lightning's rule; a stop before them is ignored)."""
+        trainer = self.trainer
+        if batch_idx + 1 >= self.nb or 0 < trainer.max_steps <= trainer.global_step:
+            return True
+        min_epochs, min_steps = trainer.fit_loop.min_epochs, trainer.fit_loop.min_steps
+        can_stop = (not min_epochs or self.current_epoch >= min_epochs) and (
+            not min_steps or trainer.global_step >= min_steps
+        )
+        return bool(trainer.should_stop) and can_stop
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         imgs, targets = batch[0], batch[1]

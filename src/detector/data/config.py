@@ -173,6 +173,8 @@ def list_image_files(sources: Iterable[str | Path]) -> list[str]:
     Txt lines that are relative (with or without './') are relative to the txt file's folder.
     """
     files: list[str] = []
+    if isinstance(sources, (str, Path)):  # one source, not its characters (a str would walk "/")
+        sources = [sources]
     sources = [Path(s).expanduser() for s in sources]
     for src in sources:
         if src.is_dir():
