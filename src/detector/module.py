@@ -209,7 +209,7 @@ class DetectorModule(L.LightningModule):
             opt.zero_grad()
             self.last_opt_step = ni
         bs = imgs.shape[0]
-        # the epoch mean over every rank's batches, logged in on_train_epoch_end (YOLOv5 logs rank 0's alone)
+        # summed for the epoch mean over every rank's batches, logged in on_train_batch_end (YOLOv5 logs rank 0's alone)
         weighted = items.detach() * bs
         self._train_loss_sum = weighted if self._train_loss_sum is None else self._train_loss_sum + weighted
         self._train_images += bs
