@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Fetches, on this machine, the wheels the device machine lacks (its image has torch, Lightning, torchmetrics, OpenCV,
+# scipy, matplotlib; not Hydra, albumentations or pycocotools) for its Python 3.12, plus a wheel of detector itself,
+# into .whl/ (git-ignored). bench/gpu/check.sh installs them there. Run from the repository root.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+rm -rf .whl && mkdir -p .whl
+PLAT="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_24_x86_64"
+$PY -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp $PLAT -d .whl \
+    hydra-core==1.3.8 omegaconf==2.3.1 albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 \
+    pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 simsimd==6.5.16 stringzilla==5.3.2 \
+    pycocotools==2.0.11
+# antlr4's runtime is a source distribution only: build its (pure Python) wheel here
+$PY -m pip wheel --quiet --disable-pip-version-check --no-deps -w .whl antlr4-python3-runtime==4.9.3
+$PY -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w .whl .
+ls -la .whl
+du -sh .whl
