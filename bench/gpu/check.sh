@@ -40,7 +40,7 @@ echo "== 2. ours end to end ($E2E)" | tee "$OUT/e2e.txt"
 DATA=$($PY -c "from pathlib import Path; from dataloader import bench_dataset; \
 print(bench_dataset(Path('/tmp/bench-data-$N'), n=$N))")
 $PY -m detector.train "data=$DATA" $E2E hyp=scratch-low cache=ram seed=0 trainer.enable_progress_bar=false \
-  "hydra.run.dir=$OUT/run" +callbacks.epoch_clock._target_=epoch_clock.EpochClock \
+  "hydra.run.dir=/tmp/gpu-check-run" +callbacks.epoch_clock._target_=epoch_clock.EpochClock \
   "+callbacks.epoch_clock.path=$OUT/stamps.json" > "$OUT/e2e.log" 2>&1 || { tail -30 "$OUT/e2e.log"; exit 1; }
 $PY - "$OUT/stamps.json" "$N" <<'PYEOF' | tee -a "$OUT/e2e.txt"
 import json, statistics, sys
