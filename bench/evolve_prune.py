@@ -37,6 +37,7 @@ def sweep(data: Path, args: argparse.Namespace, seed: int, folder: Path, generat
         f"hydra.sweeper.sweep_dir={folder}", f"hydra.sweeper.seed={seed}", f"hydra.sweeper.prune={str(prune).lower()}",
         f"data={data}", "hyp=scratch-low", "model=yolov5n", f"imgsz={args.imgsz}", f"batch_size={args.batch}",
         f"epochs={args.epochs}", f"workers={args.workers}", "trainer=cpu", "trainer.enable_progress_bar=false",
+        *args.overrides,
     ]  # fmt: skip
     t0 = time.perf_counter()
     with open(folder.with_suffix(".log"), "a") as log:
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--children", type=int, default=16, help="children of the evolution without pruning")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sweeper seeds")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-evolve-prune")
+    ap.add_argument("overrides", nargs="*", help="more overrides for every child, e.g. optimizer=AdamW hyp.lr0=0.001")
     args = ap.parse_args()
     data = resolve_data(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
