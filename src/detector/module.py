@@ -85,8 +85,7 @@ class DetectorModule(L.LightningModule):
         self._schedule: TrainingSchedule | None = None
         self._val_losses: list[tuple[int, int, int, torch.Tensor]] = []  # (batch, rank, images, box/obj/cls)
         self.last_loss_items = torch.zeros(3)
-        self._train_loss_sum: torch.Tensor | None = None  # this epoch's box/obj/cls losses times batch sizes
-        self._train_images = 0
+        self._train_sums: torch.Tensor | None = None  # this epoch's box/obj/cls losses times batch sizes, and images
         self.last_imgsz = int(imgsz)
         self.last_grad_norm = torch.zeros(())  # L2 norm of the gradients before the last clipping
         # Lightning's model summary runs this through the model (eval mode, no grad) to count FLOPs at the training
@@ -153,7 +152,7 @@ class DetectorModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.optimizers().zero_grad()  # YOLOv5 drops gradients left over from the previous epoch
-        self._train_loss_sum, self._train_images = None, 0
+        self._train_sums = None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """train/box_loss, obj_loss, cls_loss after the epoch's last batch (or the batch training stops at): the
@@ -161,15 +160,14 @@ class DetectorModule(L.LightningModule):
         sync_dist=True)`` in every batch would give; that costs ~1 ms a batch for the three, this one tensor add a
         batch and one reduce an epoch. Logged here, not in on_train_epoch_end, which Lightning calls after the
         callbacks' (results.csv reads them there)."""
-        if not self._epoch_ends_after(batch_idx) or self._train_loss_sum is None:
+        if not self._epoch_ends_after(batch_idx) or self._train_sums is None:
             return
-        trainer = self.trainer
-        reduce = trainer.strategy.reduce  # mean over ranks of the sums and of the counts: sum / count overall
-        count = reduce(torch.tensor(float(self._train_images), device=self._train_loss_sum.device), reduce_op="mean")
-        means = reduce(self._train_loss_sum.clone(), reduce_op="mean") / count
+        # mean over ranks of the sums and of the image counts: sum / count over all ranks' batches
+        sums = self.trainer.strategy.reduce(self._train_sums.clone(), reduce_op="mean")
+        means = sums[:3] / sums[3]
         self.log_dict({f"train/{n}": v for n, v in zip(LOSS_NAMES, means, strict=True)}, on_step=False,
                       on_epoch=True, batch_size=1, sync_dist=True)  # fmt: skip
-        self._train_loss_sum = None  # logged once an epoch
+        self._train_sums = None  # logged once an epoch
 
     def _epoch_ends_after(self, batch_idx: int) -> bool:
         """Whether Lightning ends the epoch after this batch: its last batch, max_steps, or a stop request once
@@ -210,9 +208,8 @@ class DetectorModule(L.LightningModule):
             self.last_opt_step = ni
         bs = imgs.shape[0]
         # summed for the epoch mean over every rank's batches, logged in on_train_batch_end (YOLOv5 logs rank 0's alone)
-        weighted = items.detach() * bs
-        self._train_loss_sum = weighted if self._train_loss_sum is None else self._train_loss_sum + weighted
-        self._train_images += bs
+        weighted = torch.cat((items.detach() * bs, items.new_full((1,), bs)))
+        self._train_sums = weighted if self._train_sums is None else self._train_sums + weighted
         self.log("loss", items.sum(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
         if self._step_values_written():
             step_metrics = {f"lr/pg{j}": lr for j, lr in enumerate(values.lrs)}
