@@ -1,4 +1,5 @@
-"""Median stopping: a child below the finished children's median fitness at an epoch stops there."""
+"""Median stopping: a child whose best fitness so far is below the median of the finished children's running mean
+fitness stops there."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from detector.callbacks.median_stop import MedianStopping, finished_fitness_at
+from detector.callbacks.median_stop import MedianStopping, finished_fitness_upto
 
 
 def write_child(folder, fitness_per_epoch, finished=True):
@@ -25,27 +26,62 @@ def fake_trainer(own, epoch, fitness, max_epochs=10):
                            strategy=SimpleNamespace(broadcast=lambda v, src=0: v), should_stop=False)  # fmt: skip
 
 
+def run_epochs(cb, own, history, max_epochs=10):
+    """Feed the callback one validation per epoch; returns the trainer of the last."""
+    for epoch, f in enumerate(history):
+        trainer = fake_trainer(own, epoch, f, max_epochs)
+        cb.on_validation_end(trainer, None)
+        if trainer.should_stop:
+            break
+    return trainer
+
+
 @pytest.fixture
 def sweep(tmp_path):
+    # mean of (f/4, f/2, f) is 7f/12: 0.0583, 0.1167, 0.175, 0.2333, 0.2917 by epoch 2, median 0.175
     for i, f in enumerate([0.1, 0.2, 0.3, 0.4, 0.5]):
-        write_child(tmp_path / str(i), [f / 4, f / 2, f])  # epoch 2 fitness 0.1 ... 0.5: median 0.3
+        write_child(tmp_path / str(i), [f / 4, f / 2, f])
     write_child(tmp_path / "5", [0.9, 0.9, 0.9], finished=False)  # still running: not counted
     write_child(tmp_path / "6", [0.9])  # finished (pruned) before epoch 2: not counted at epoch 2
     (tmp_path / "7").mkdir()  # this child
     return tmp_path
 
 
-def test_finished_children_at_an_epoch(sweep):
-    assert sorted(finished_fitness_at(sweep, 2)) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
-    assert len(finished_fitness_at(sweep, 0)) == 6  # child 6 counts where it validated
+def test_finished_children_up_to_an_epoch(sweep):
+    got = finished_fitness_upto(sweep, 2)
+    assert sorted(v[-1] for v in got) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert [len(v) for v in got] == [3] * 5
+    assert len(finished_fitness_upto(sweep, 0)) == 6  # child 6 counts where it validated
+    assert len(finished_fitness_upto(sweep, 0, exclude=sweep / "0")) == 5
 
 
-@pytest.mark.parametrize(("fitness", "stops"), [(0.29, True), (0.31, False)])
-def test_below_the_median_stops(sweep, fitness, stops):
-    cb = MedianStopping(sweep_dir=sweep, min_epochs=2, min_finished=5)
-    trainer = fake_trainer(sweep / "7", 2, fitness)
-    cb.on_validation_end(trainer, None)
+@pytest.mark.parametrize(
+    ("history", "stops"),
+    [
+        ([0.0, 0.0, 0.174], True),  # best 0.174 < median 0.175 of the running means
+        ([0.0, 0.0, 0.176], False),
+        ([0.176, 0.0, 0.0], False),  # a bad last epoch alone does not stop a child that did better before
+        ([0.0, 0.174, 0.1], True),
+    ],
+)
+def test_best_so_far_below_the_median_of_running_means_stops(sweep, history, stops):
+    cb = MedianStopping(sweep_dir=sweep, min_epochs=3, min_finished=5)
+    trainer = run_epochs(cb, sweep / "7", history)
     assert trainer.should_stop is stops and cb.stopped_epoch == (2 if stops else None)
+    assert cb.best == pytest.approx(max(history))
+
+
+def test_the_best_so_far_survives_a_checkpoint(sweep):
+    cb = MedianStopping(sweep_dir=sweep, min_epochs=3, min_finished=5)
+    run_epochs(cb, sweep / "7", [0.176, 0.0])
+    resumed = MedianStopping(sweep_dir=sweep, min_epochs=3, min_finished=5)
+    resumed.load_state_dict(cb.state_dict())
+    trainer = fake_trainer(sweep / "7", 2, 0.0)
+    resumed.on_validation_end(trainer, None)
+    assert trainer.should_stop is False  # a fresh callback would have stopped at best 0.0
+    fresh = MedianStopping(sweep_dir=sweep, min_epochs=3, min_finished=5)
+    fresh.on_validation_end(trainer, None)
+    assert trainer.should_stop is True
 
 
 def test_no_stop_before_min_epochs_or_enough_children_or_at_the_last_epoch(sweep):
