@@ -38,6 +38,10 @@ from accuracy import OURS_PY, Y5_PY, resolve_data, yolov5_env  # noqa: E402
 def yolov5_child(args: argparse.Namespace) -> None:
     """Runs inside YOLOv5's environment: its train.main with timestamps at each epoch's start, the end of its batch
     loop and the end of its validation (on_fit_epoch_end)."""
+    import numpy as np
+
+    if not hasattr(np, "trapz"):  # removed in numpy 2.4; YOLOv5 7.0's AP uses it (a GPU image may hold numpy >= 2.4)
+        np.trapz = np.trapezoid
     from yolov5 import train
     from yolov5.utils.callbacks import Callbacks
 
@@ -50,7 +54,8 @@ def yolov5_child(args: argparse.Namespace) -> None:
     ):
         callbacks.register_action(hook, callback=lambda *a, key=key, **k: stamps[key].append(time.perf_counter()))
     opt = train.parse_opt(True)
-    opt.data, opt.cfg, opt.weights, opt.hyp = args.data, "yolov5n.yaml", "", args.hyp
+    opt.data, opt.cfg, opt.weights, opt.hyp = args.data, f"{args.model}.yaml", "", args.hyp
+    opt.device, opt.cache = args.device, args.cache
     opt.imgsz, opt.batch_size, opt.epochs, opt.workers = args.imgsz, args.batch, args.epochs, args.workers
     opt.seed, opt.optimizer, opt.noplots, opt.exist_ok = 0, "SGD", True, True
     opt.project, opt.name = str(args.out), "yolov5"
@@ -120,6 +125,9 @@ def main() -> None:
     parser.add_argument("--yolov5-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--hyp", help=argparse.SUPPRESS)
     parser.add_argument("--stamps", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="yolov5n", help=argparse.SUPPRESS)  # YOLOv5 child only (bench/gpu)
+    parser.add_argument("--device", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.yolov5_child:
         return yolov5_child(args)

@@ -15,5 +15,13 @@ $PY -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=
 # antlr4's runtime is a source distribution only: build its (pure Python) wheel here
 $PY -m pip wheel --quiet --disable-pip-version-check --no-deps -w .whl antlr4-python3-runtime==4.9.3
 $PY -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w .whl .
-ls -la .whl
+# YOLOv5 7.0 for the side-by-side step, apart in .whl/yolov5 (installed to its own path, never on ours): PyPI's
+# yolov5 and what it imports that the image lacks (ultralytics for check_requirements, roboflow and its imports,
+# setuptools<81 for pkg_resources, huggingface-hub<0.25 for its hub check). Its other needs (pandas, seaborn, requests, psutil, tensorboard) are in the image.
+mkdir -p .whl/yolov5
+$PY -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp $PLAT -d .whl/yolov5 \
+    yolov5==7.0.14 ultralytics==8.4.190 roboflow==1.7.3 requests-toolbelt==1.0.0 python-dotenv==1.2.4 \
+    pillow-avif-plugin==1.6.0 'setuptools<81' huggingface-hub==0.24.7
+ls -la .whl .whl/yolov5
 du -sh .whl
