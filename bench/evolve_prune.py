@@ -7,7 +7,8 @@ pruning, ``--children`` children of ``--epochs`` epochs, and one with pruning, c
 generations) until it has trained as many epochs as the first. Printed per seed: children, epochs trained, children
 stopped early, the best fitness within the epoch budget, and the best among the first ``--children`` children.
 Epochs are counted from each child's results.csv; wall times are printed too, but only an idle machine makes them
-comparable.
+comparable. Last, how well a child's early fitness predicts its final one (rank correlation by epoch, over the
+pruned evolutions' children that ran to the end): what any early-stopping rule can go by.
 """
 
 from __future__ import annotations
@@ -53,6 +54,33 @@ def children(folder: Path) -> tuple[np.ndarray, np.ndarray]:
         rows = read_results(folder / str(i) / "results.csv")
         epochs.append(int(max(r["epoch"] for r in rows)) + 1)
     return np.array(epochs), fitness(values, WEIGHTS)
+
+
+def predictiveness(folders: list[Path], epochs: int) -> list[str]:
+    """Rank correlation (Spearman) between a child's fitness by epoch k and its final fitness, over the children of
+    the pruned evolutions that ran all ``epochs`` (they validate every epoch): how much an early fitness says."""
+    from scipy.stats import spearmanr
+
+    curves = []
+    for folder in folders:
+        for child in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()):
+            try:
+                rows = read_results(child / "results.csv")
+            except (OSError, ValueError, KeyError, IndexError):
+                continue
+            values = [r.get("fitness", math.nan) for r in rows]
+            if len(values) == epochs and all(math.isfinite(v) for v in values):
+                curves.append(values)
+    if len(curves) < 3:
+        return []
+    c = np.array(curves)
+    lines = [f"{len(c)} children of the pruned evolutions ran all {epochs} epochs; Spearman of their final fitness "
+             "with, by epoch k, the best fitness so far / the fitness at k (median fitness at k):"]  # fmt: skip
+    for k in range(0, epochs - 1, max(1, epochs // 10)):
+        best = spearmanr(c[:, : k + 1].max(1), c[:, -1])[0]
+        at = spearmanr(c[:, k], c[:, -1])[0]
+        lines.append(f"  epoch {k:3d}: {best:+.2f} / {at:+.2f} ({np.median(c[:, k]):.5f})")
+    return lines
 
 
 def within(epochs: np.ndarray, fit: np.ndarray, budget: int) -> tuple[int, float]:
@@ -102,6 +130,7 @@ def main() -> None:
     print(f"\ndata {data}, imgsz {args.imgsz}, batch {args.batch}, {args.epochs} epochs per child, "
           f"budget {budget} epochs per evolution")  # fmt: skip
     print("\n".join(lines))
+    print("\n".join(predictiveness([args.out / f"prune-s{seed}" for seed in args.seeds], args.epochs)))
 
 
 if __name__ == "__main__":

@@ -48,15 +48,24 @@ class MedianStopping(Callback):
     """Stops training after a validation at which the child's best fitness so far is below the median of the
     finished children's mean fitness over the same epochs.
 
-    ``min_epochs``: epochs trained before a child may be stopped; ``min_finished``: finished children needed
-    before any is stopped. Decided on rank 0 and broadcast, so every rank stops together.
+    ``min_epochs``: epochs trained before a child may be stopped, or below 1 that fraction of its epochs (rounded
+    up); ``min_finished``: finished children needed before any is stopped. Decided on rank 0 and broadcast, so
+    every rank stops together.
     """
 
-    def __init__(self, *, sweep_dir: str | Path, min_epochs: int, min_finished: int) -> None:
+    def __init__(self, *, sweep_dir: str | Path, min_epochs: float, min_finished: int) -> None:
+        if min_epochs < 0:
+            raise ValueError(f"min_epochs must be >= 0 (below 1: a fraction of the epochs), got {min_epochs}")
         self.sweep_dir = Path(sweep_dir)
-        self.min_epochs, self.min_finished = int(min_epochs), int(min_finished)
+        self.min_epochs, self.min_finished = float(min_epochs), int(min_finished)
         self.best = -math.inf
         self.stopped_epoch: int | None = None
+
+    def epochs_before_stopping(self, max_epochs: int) -> int:
+        """Epochs a child trains before it may be stopped."""
+        if self.min_epochs < 1:
+            return math.ceil(self.min_epochs * max_epochs)
+        return int(self.min_epochs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -71,7 +80,7 @@ class MedianStopping(Callback):
         fitness = float(trainer.callback_metrics.get("fitness", math.nan))
         if math.isfinite(fitness):
             self.best = max(self.best, fitness)
-        if epoch + 1 < self.min_epochs or epoch + 1 >= trainer.max_epochs:
+        if epoch + 1 < self.epochs_before_stopping(trainer.max_epochs) or epoch + 1 >= trainer.max_epochs:
             return
         stop = False
         if trainer.is_global_zero:

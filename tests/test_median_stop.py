@@ -112,3 +112,14 @@ def test_a_pruning_sweep_gives_children_the_callback_and_validation_every_epoch(
     assert cfg.trainer.check_val_every_n_epoch == 1
     cb = instantiate(cfg.callbacks.median_stop)
     assert isinstance(cb, MedianStopping) and cb.sweep_dir == tmp_path.resolve() and cb.min_finished == 5
+
+
+def test_min_epochs_below_one_is_a_fraction_of_the_epochs(sweep):
+    cb = MedianStopping(sweep_dir=sweep, min_epochs=0.3, min_finished=5)
+    assert cb.epochs_before_stopping(10) == 3 and cb.epochs_before_stopping(20) == 6
+    assert MedianStopping(sweep_dir=sweep, min_epochs=4, min_finished=5).epochs_before_stopping(20) == 4
+    # with 0.4 of 10 epochs a child may stop after its 4th (epoch 3), not after its 3rd (the fixture's epoch 2)
+    trainer = run_epochs(MedianStopping(sweep_dir=sweep, min_epochs=0.4, min_finished=5), sweep / "7", [0.0] * 3)
+    assert trainer.should_stop is False
+    with pytest.raises(ValueError, match="min_epochs"):
+        MedianStopping(sweep_dir=sweep, min_epochs=-1, min_finished=5)

@@ -41,7 +41,7 @@ class EvolveSweeperImpl(Sweeper):
     def __init__(
         self, *, generations: int, population: int, space: str, seed: int | None, parent: str, top_n: int,
         mutation_prob: float, sigma: float, factor_limits: Sequence[float], fitness_weights: Sequence[float],
-        trial_overrides: Sequence[str], may_differ: Sequence[str], prune: bool, prune_min_epochs: int,
+        trial_overrides: Sequence[str], may_differ: Sequence[str], prune: bool, prune_min_epochs: float,
         prune_min_finished: int, sweep_dir: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
@@ -55,7 +55,7 @@ class EvolveSweeperImpl(Sweeper):
             fitness_weights=tuple(float(w) for w in fitness_weights),  # type: ignore[arg-type]
         )  # fmt: skip
         self.trial_overrides, self.may_differ = list(trial_overrides), tuple(may_differ)
-        self.prune = (int(prune_min_epochs), int(prune_min_finished)) if prune else None
+        self.prune = (float(prune_min_epochs), int(prune_min_finished)) if prune else None
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
