@@ -346,3 +346,22 @@ def test_resized_size_is_yolov5s_floating_point_ceil():
     assert image_cache.long_side_size(480, 640, 160) == (120, 160)
     im = np.zeros((147, 139, 3), np.uint8)
     assert image_cache.resize_long_side(im, 160, augment=True).shape == (161, 152, 3)
+
+
+@pytest.mark.parametrize("mosaic", [1.0, 0.0])
+def test_augmenting_never_writes_into_the_ram_cache(tmp_path, mosaic):
+    # square images at exactly imgsz: the letterbox path then needs no resize or padding, where an in-place HSV or
+    # flip on the cached array itself would change every later epoch's images
+    ls = make_labelset(tmp_path, n=6)
+    for f in ls.im_files:
+        cv2.imwrite(f, cv2.resize(cv2.imread(f), (96, 96)))
+    ls.sizes_wh[:] = 96
+    ds = make_dataset(ls, imgsz=96, hyp=HYP_LOW | dict(mosaic=mosaic, translate=0.0, scale=0.0, flipud=0.5),
+                      augment=True, cache="ram")  # fmt: skip
+    cached = [ds.images.ram[i][0].copy() for i in range(6)]
+    first = [ds[(i, 0)][0] for i in range(6)]
+    for epoch in range(1, 4):
+        for i in range(6):
+            ds[(i, epoch)]
+    assert all(np.array_equal(ds.images.ram[i][0], cached[i]) for i in range(6))
+    assert all(torch.equal(ds[(i, 0)][0], first[i]) for i in range(6))  # epoch 0 comes back the same
