@@ -17,7 +17,8 @@ $PY -m pip wheel --quiet --disable-pip-version-check --no-deps -w .whl antlr4-py
 $PY -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w .whl .
 # YOLOv5 7.0 for the side-by-side step, apart in .whl/yolov5 (installed to its own path, never on ours): PyPI's
 # yolov5 and what it imports that the image lacks (ultralytics for check_requirements, roboflow and its imports,
-# setuptools<81 for pkg_resources, huggingface-hub<0.25 for its hub check). Its other needs (pandas, seaborn, requests, psutil, tensorboard) are in the image.
+# setuptools<81 for pkg_resources, huggingface-hub<0.25 for its hub check). Its other needs (pandas, seaborn,
+# requests, psutil, tensorboard) are in the image.
 mkdir -p .whl/yolov5
 $PY -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp $PLAT -d .whl/yolov5 \
