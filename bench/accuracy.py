@@ -12,7 +12,8 @@ per-epoch train/val losses (mean and min-max over the seeds) and final mAP@0.5 a
 mean and spread; writes everything to ``--out`` as JSON. Runs already finished under ``--out`` are reused, so
 an interrupted call continues where it stopped. ``--data`` is ``shapes`` (the built-in dataset),
 ``small-objects`` (generated here: 480-800 px images with 2-10 objects of 8-48 px), ``large-images`` (640-960 px
-images with 1-6 objects of 32 px up to a quarter of the short side) or a YOLOv5 data yaml.
+images with 1-6 objects of 32 px up to a quarter of the short side), ``issue8`` (512 / 128 images of 240-480 px with
+1-11 objects, the character of issue 8's measurement) or a YOLOv5 data yaml.
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ GENERATED = {
     # large textured JPEGs shrunk 4-6x at imgsz 160 (aliasing: linear resize in training, area in validation):
     # 1-6 objects of 32 px up to a quarter of the short side
     "large-images": dict(long_side=(640, 960), max_objects=6, p_background=0.02, min_size=32, max_size_frac=0.25),
+    # the character of issue 8's own measurement: 512 train / 128 val JPEGs of 240-480 px, 6 classes, about 6 objects
+    # an image (1-11), at imgsz 256
+    "issue8": dict(long_side=(240, 480), max_objects=11, p_background=0.02, min_size=14, max_size_frac=0.3),
 }
+# train and val image counts where they are not generated_dataset's defaults
+COUNTS = {"issue8": (512, 128)}
 
 
 def generated_dataset(root: Path, settings: dict, n_train: int = 384, n_val: int = 96) -> Path:
@@ -82,7 +88,7 @@ def resolve_data(name: str) -> Path:
 
         return ensure_shapes_dataset(DATASETS / "shapes")
     if name in GENERATED:
-        return generated_dataset(DATASETS / name, GENERATED[name])
+        return generated_dataset(DATASETS / name, GENERATED[name], *COUNTS.get(name, ()))
     return Path(name).resolve()
 
 
