@@ -48,14 +48,15 @@ GENERATED = {
     "large-images": dict(long_side=(640, 960), max_objects=6, p_background=0.02, min_size=32, max_size_frac=0.25),
     # the character of issue 8's own measurement: 512 train / 128 val JPEGs of 240-480 px, 6 classes, about 6 objects
     # an image (1-11), at imgsz 256
-    "issue8": dict(long_side=(240, 480), max_objects=11, p_background=0.02, min_size=14, max_size_frac=0.3),
+    "issue8": dict(
+        long_side=(240, 480), max_objects=11, p_background=0.02, min_size=14, max_size_frac=0.3, n_train=512, n_val=128
+    ),
 }
-# train and val image counts where they are not generated_dataset's defaults
-COUNTS = {"issue8": (512, 128)}
 
 
-def generated_dataset(root: Path, settings: dict, n_train: int = 384, n_val: int = 96) -> Path:
-    """A dataset drawn by the built-in generator with other sizes (``GENERATED``), as JPEGs; returns the yaml."""
+def generated_dataset(root: Path, settings: dict) -> Path:
+    """A dataset drawn by the built-in generator with other sizes (``GENERATED``: render_sample's settings, and
+    ``n_train``/``n_val`` images, 384/96 unless given), as JPEGs; returns the yaml."""
     import cv2
     import yaml
 
@@ -64,6 +65,8 @@ def generated_dataset(root: Path, settings: dict, n_train: int = 384, n_val: int
     yaml_path = root / "data.yaml"
     if yaml_path.exists():
         return yaml_path
+    settings = dict(settings)
+    n_train, n_val = settings.pop("n_train", 384), settings.pop("n_val", 96)
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for split_id, (split, n) in enumerate((("train", n_train), ("val", n_val))):
@@ -88,7 +91,7 @@ def resolve_data(name: str) -> Path:
 
         return ensure_shapes_dataset(DATASETS / "shapes")
     if name in GENERATED:
-        return generated_dataset(DATASETS / name, GENERATED[name], *COUNTS.get(name, ()))
+        return generated_dataset(DATASETS / name, GENERATED[name])
     return Path(name).resolve()
 
 
