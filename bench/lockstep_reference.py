@@ -2,9 +2,10 @@
 
 Run in YOLOv5's environment (never ours): ``bench/yolov5_env.sh && bench/.venv-yolov5/bin/python
 bench/lockstep_reference.py [--optimizer AdamW]``. It writes a tiny dataset (16 PNGs of 64 px, 3 classes) and YOLOv5's
-record of a 120-iteration float64 run on it to ``tests/data/lockstep/``: the initial weights, the first 48 batches
-(names, targets), and after every batch the losses, lr and momentum per group, accumulation, whether it stepped, the
-gradient norm before clipping, and per-tensor sums of the weights and of the EMA weights. Augmentation is off, so the
+record of a 120-iteration float64 run on it to ``tests/data/lockstep/``: the initial weights, every batch (names,
+targets), for the first 48 iterations after every batch the losses, lr and momentum per group, accumulation, whether it
+stepped, the gradient norm before clipping, and per-tensor sums of the weights and of the EMA weights, and for all 120
+(past warmup's 100) the schedule alone: lr and momentum per group and whether it stepped. Augmentation is off, so the
 test can rebuild each batch from the PNGs and replay it through our Trainer. Only numbers are stored, no YOLOv5 code.
 With ``--optimizer Adam|AdamW`` it writes only that run's records (``reference_adamw.pt``): the initial weights and
 batches are the SGD record's, which it checks.
@@ -211,9 +212,13 @@ def main() -> None:
     opt.project, opt.name = str(work / "runs"), "lockstep"
     y5train.main(opt, callbacks)
 
-    # Kept small: the fp16-rounded initial weights fit float32 exactly, and only the first KEEP iterations are kept.
+    # Kept small: the fp16-rounded initial weights and YOLOv5's float32 targets fit float32 exactly, and only the
+    # first KEEP iterations keep their losses and weight sums; the schedule does not depend on them and covers all.
     rec["init_state"] = {k: v.float() if v.is_floating_point() else v for k, v in rec["init_state"].items()}
-    rec["batches"], rec["records"] = rec["batches"][:KEEP], rec["records"][:KEEP]
+    for b in rec["batches"]:
+        b["targets"] = b["targets"].astype(np.float32)
+    rec["schedule"] = [{k: r[k] for k in ("ni", "lr", "momentum", "stepped")} for r in rec["records"]]
+    rec["records"] = rec["records"][:KEEP]
     rec["meta"] = {
         **SETTINGS, "imgsz": IMGSZ, "nc": NC, "nb": -(-N_IMAGES // SETTINGS["batch_size"]), "hyp": HYP, "nbs": 64,
         "max_grad_norm": 10.0, "ema_decay": 0.9999, "ema_tau": 2000, "precision": "64-true", "yolov5": "7.0.14",
@@ -227,11 +232,11 @@ def main() -> None:
         same_batches = [b["names"] for b in base["batches"]] == [b["names"] for b in rec["batches"]]
         if not (same_init and same_batches):
             raise SystemExit(f"{SETTINGS['optimizer']} run does not share {target}'s initial weights and batches")
-        rec = {"records": rec["records"], "meta": rec["meta"]}
+        rec = {"records": rec["records"], "schedule": rec["schedule"], "meta": rec["meta"]}
         target = args.out / f"reference_{SETTINGS['optimizer'].lower()}.pt"
     torch.save(rec, target)
     steps = sum(r["stepped"] for r in rec["records"])
-    print(f"wrote {target}: the first {KEEP} iterations of {SETTINGS['epochs']}, {steps} steps")
+    print(f"wrote {target}: the first {KEEP} iterations of {SETTINGS['epochs']} ({steps} steps), the schedule of all")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -121,7 +121,7 @@ class Replay:
 
 def replay(ref: dict[str, Any], run_dir: Path, overrides: list[str] = (), iterations: int | None = None) -> Replay:
     """Train our module on YOLOv5's recorded batches from YOLOv5's initial weights, for the first ``iterations``
-    (whole epochs; default all recorded) of the run's ``epochs``."""
+    (whole epochs; default all recorded batches) of the run's ``epochs``."""
     cfg = lockstep_config(ref, run_dir, overrides)
     meta = ref["meta"]
     nb = meta["nb"]
@@ -166,6 +166,33 @@ def stats_error(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
     s, q = ref[:, 0], ref[:, 1]
     tiny = np.finfo(np.float64).tiny
     return np.maximum(np.abs(ours[:, 0] - s) / (np.abs(s) + np.sqrt(q) + tiny), np.abs(ours[:, 1] - q) / (q + tiny))
+
+
+def warmup_end(ref: dict[str, Any]) -> int:
+    """YOLOv5's last warmup iteration in the record: the first at which the bias lr (falling from warmup_bias_lr)
+    meets the others' (rising from 0)."""
+    return next(i for i, r in enumerate(ref["schedule"]) if abs(r["lr"][0] - r["lr"][1]) <= 1e-12 * abs(r["lr"][1]))
+
+
+def schedule_divergence(ref: dict[str, Any], ours: Replay, iterations: int | None = None) -> str | None:
+    """The first iteration whose lr, momentum or stepping leaves YOLOv5's recorded schedule, or None.
+
+    The schedule is recorded for the whole run, past the end of warmup, where the weights are no longer comparable
+    (chaos); it does not depend on them.
+    """
+    n = len(ref["schedule"]) if iterations is None else iterations
+    if len(ours.records) < n:
+        return f"iteration count: ours {len(ours.records)}, YOLOv5 {n}"
+    nw = warmup_end(ref)
+    for ni, (r, o) in enumerate(zip(ref["schedule"][:n], ours.records[:n], strict=True)):
+        phase = "warmup" if ni <= nw else "scheduler (after warmup)"
+        if not _close(o["lr"], r["lr"], 1e-9, 1e-12):
+            return f"iteration {ni}: {phase} lr {o['lr']} != YOLOv5 {r['lr']}"
+        if not _close(o["momentum"], r["momentum"], 1e-9, 1e-12):
+            return f"iteration {ni}: {phase} momentum {o['momentum']} != YOLOv5 {r['momentum']}"
+        if o["stepped"] != r["stepped"]:
+            return f"iteration {ni}: {phase} accumulation: ours {'stepped' if o['stepped'] else 'accumulated'}"
+    return None
 
 
 def first_divergence(

@@ -1,19 +1,23 @@
 """Lock-step parity with YOLOv5 7.0: our Trainer, module and callbacks replay YOLOv5's own recorded run.
 
-The record (tests/data/lockstep/reference.pt, made by bench/lockstep_reference.py in YOLOv5's environment) holds, for
-the first 48 iterations of a 120-iteration float64 run from YOLOv5's initial weights, every batch and after every
+The record (tests/data/lockstep/reference.pt, made by bench/lockstep_reference.py in YOLOv5's environment) holds a
+120-iteration float64 run from YOLOv5's initial weights: every batch; for the first 48 iterations, after every
 batch the losses, lr and momentum per group, whether it stepped, the gradient norm and per-tensor weight and EMA
-sums. The first 44 iterations hold 31 optimizer steps, through warmup (lr, momentum, accumulation 1 -> 2),
-clipping (norms 9-40 against max 10) and EMA. Both sides run in float64: early training is chaotic (float64 noise
+sums; for all 120, the schedule alone (lr, momentum, stepping), past the end of warmup at iteration 100. The first 44
+iterations hold 31 optimizer steps, through warmup (lr, momentum, accumulation 1 -> 2), clipping (norms 9-40
+against max 10) and EMA. Both sides run in float64: early training is chaotic (float64 noise
 grows about tenfold every 6 iterations), and float32 rounding would leave tolerance only for a few steps.
-reference_adamw.pt holds the same run with YOLOv5's AdamW (same initial weights and batches).
+reference_adamw.pt holds the same run with YOLOv5's AdamW (same initial weights and batches), schedule included.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from tests.lockstep import first_divergence, load_reference, replay
+from detector.schedule import TrainingSchedule
+from tests.lockstep import first_divergence, load_reference, replay, schedule_divergence, warmup_end
 
 ITERATIONS = 44  # 31 optimizer steps; our float64 error stays below 1.3e-6 (weights) and 7e-8 (losses) up to here
 
@@ -35,8 +39,30 @@ def test_reference_exercises_every_component(reference):
 
 
 def test_lockstep_with_yolov5(reference, tmp_path):
-    ours = replay(reference, tmp_path, ["trainer.precision=64-true"], ITERATIONS)
+    """Step for step over the first 44 iterations; the schedule over the whole recorded run, past warmup."""
+    schedule = reference["schedule"]
+    nw = warmup_end(reference)
+    assert nw == 100 and len(schedule) >= nw + 20  # warmup's end, the epoch after it and the scheduler's steps
+    assert len({r["lr"][1] for r in schedule[nw:]}) >= 15 and any(r["stepped"] for r in schedule[nw + 1 :])
+    ours = replay(reference, tmp_path, ["trainer.precision=64-true"], len(schedule))
     assert first_divergence(reference, ours, iterations=ITERATIONS) is None
+    assert schedule_divergence(reference, ours) is None
+
+
+def test_lockstep_schedule_fails_one_epoch_ahead(reference, tmp_path, monkeypatch):
+    """Past warmup, YOLOv5's epoch k trains at lr0 * lf(k - 1); a scheduler one epoch ahead is caught there."""
+    original = TrainingSchedule.at
+
+    def ahead(self: TrainingSchedule, ni: int):
+        values = original(self, ni)
+        if ni // self.nb > self.nw // self.nb:
+            return replace(values, lrs=tuple(self.lr0 * self.lf(ni // self.nb) for _ in values.lrs))
+        return values
+
+    monkeypatch.setattr(TrainingSchedule, "at", ahead)
+    ours = replay(reference, tmp_path, ["trainer.precision=64-true"], len(reference["schedule"]))
+    found = schedule_divergence(reference, ours)
+    assert found is not None and found.startswith("iteration 101: scheduler (after warmup) lr"), found
 
 
 PERTURBATIONS = [  # (override, the component the first divergence must name)
@@ -66,8 +92,9 @@ def test_lockstep_fails_on_a_perturbed_component(reference, tmp_path, override, 
 def test_lockstep_with_yolov5_adamw(tmp_path):
     """YOLOv5's AdamW groups (betas=(momentum, 0.999), decay on weights only) step for step, from the same start."""
     reference = load_reference("AdamW")
-    ours = replay(reference, tmp_path, ADAMW, ITERATIONS)
+    ours = replay(reference, tmp_path, ADAMW, len(reference["schedule"]))
     assert first_divergence(reference, ours, iterations=ITERATIONS) is None
+    assert schedule_divergence(reference, ours) is None  # beta1 stays at momentum past warmup too
     ramped = replay(reference, tmp_path / "ramped", [*ADAMW, "schedule.ramp_adam_beta1=true"], 8)
     found = first_divergence(reference, ramped, iterations=8)
     assert found is not None and "momentum" in found, found
