@@ -5,7 +5,7 @@
 
 Everything but the training batches is YOLOv5's: model, loss, optimizer, schedule, EMA, validation (its own
 validation loader), AutoAnchor on its own label set. The batches come from our YoloDataset with conf/augment's
-defaults, our EpochSampler (shuffled by the pair (seed, epoch)) and as many workers as YOLOv5 would use. If YOLOv5 learns
+defaults, our EpochSampler (shuffled by (seed, epoch)) and as many workers as YOLOv5 would use. If YOLOv5 learns
 as well with our batches as with its own, a gap between the trainers lies in our training step; if it learns as
 ours does, in our data. Never imported by the product.
 """
