@@ -241,6 +241,12 @@ def verdict(
             f"  mean of the last 5 epochs: {b5.mean():.4f} (sd {b5.std(ddof=1):.4f}) vs {a5.mean():.4f} "
             f"(sd {a5.std(ddof=1):.4f}), {b5.mean() / a5.mean():.2f}x, Welch t {t5:.2f} (p {p5:.2f})"
         )
+    v = "val/box_loss"
+    if len(a) > 1 and len(b) > 1 and all(v in r for r in (*ref.values(), *ours.values())):
+        av, bv = (np.array([np.mean(r[v][-5:]) for r in runs.values()]) for runs in (ref, ours))
+        tv, pv = stats.ttest_ind(bv, av, equal_var=False)
+        lines.append(f"  val box loss, mean of the last 5 epochs: {bv.mean():.5f} vs {av.mean():.5f}, "
+                     f"{bv.mean() / av.mean():.3f}x, Welch t {tv:.2f} (p {pv:.2f})")  # fmt: skip
     col = "train/box_loss"
     inside = []
     for e in range(5, n_epochs):
@@ -254,9 +260,16 @@ def verdict(
 def summarise_folder(args: argparse.Namespace) -> None:
     """Print the summary of the finished runs (``--epochs`` rows) of each of ``--trainers`` in ``--out``."""
     runs: dict[str, dict[int, dict[str, list[float]]]] = {t: {} for t in args.trainers}
+    only = {}
+    for spec in args.only:  # TRAINER:FIRST-LAST
+        trainer, _, seeds = spec.partition(":")
+        first, _, last = seeds.partition("-")
+        only[trainer] = set(range(int(first), int(last or first) + 1))
     for trainer in args.trainers:
         for done in sorted(args.out.glob(f"{trainer}-seed*/results.csv")):
             seed = int(done.parent.name.rsplit("seed", 1)[1])
+            if trainer in only and seed not in only[trainer]:
+                continue
             got = read_results(done)
             if len(got.get("train/box_loss", [])) == args.epochs:
                 runs[trainer][seed] = got
@@ -289,6 +302,13 @@ def main() -> None:
         "--summary-only",
         action="store_true",
         help="train nothing: summarise every finished run of --trainers in --out, whatever its seed",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TRAINER:FIRST-LAST",
+        help="with --summary-only: that trainer's seeds FIRST..LAST only (repeat for each trainer)",
     )
     parser.add_argument("ours", nargs="*", help="extra overrides for our trainer, e.g. augment.one_pass=true")
     args = parser.parse_args()
