@@ -165,10 +165,13 @@ def run_yolov5(data: Path, args: argparse.Namespace, seed: int, out: Path, ourda
     return out / name / "results.csv"
 
 
-def run_ours(data: Path, args: argparse.Namespace, seed: int, out: Path) -> Path:
-    run_dir = out / f"detector-seed{seed}"
+def run_ours(data: Path, args: argparse.Namespace, seed: int, out: Path, y5data: bool = False) -> Path:
+    """Our train.py; ``y5data``: fed by YOLOv5's training loader (bench/detector_y5data.py)."""
+    name = f"{'detector-y5data' if y5data else 'detector'}-seed{seed}"
+    run_dir = out / name
+    entry = [str(ROOT / "bench" / "detector_y5data.py")] if y5data else ["-m", "detector.train"]
     cmd = [
-        str(OURS_PY), "-m", "detector.train", f"data={data}", "hyp=scratch-low", "model=yolov5n",
+        str(OURS_PY), *entry, f"data={data}", "hyp=scratch-low", "model=yolov5n",
         f"imgsz={args.imgsz}", f"batch_size={args.batch}", f"epochs={args.epochs}", f"workers={args.workers}",
         f"seed={seed}", f"optimizer={args.optimizer}", "trainer=cpu", "trainer.enable_progress_bar=false",
         f"hydra.run.dir={run_dir}",
@@ -177,7 +180,7 @@ def run_ours(data: Path, args: argparse.Namespace, seed: int, out: Path) -> Path
     if args.cache:
         cmd.append(f"cache={args.cache}")
     cmd += args.ours
-    with open(out / f"detector-seed{seed}.log", "w") as log:
+    with open(out / f"{name}.log", "w") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
     return run_dir / "results.csv"
 
@@ -247,6 +250,19 @@ def verdict(
         tv, pv = stats.ttest_ind(bv, av, equal_var=False)
         lines.append(f"  val box loss, mean of the last 5 epochs: {bv.mean():.5f} vs {av.mean():.5f}, "
                      f"{bv.mean() / av.mean():.3f}x, Welch t {tv:.2f} (p {pv:.2f})")  # fmt: skip
+    c = "val/cls_loss"
+    if len(a) > 1 and len(b) > 1 and all(c in r for r in (*ref.values(), *ours.values())):
+        # Excursions: epochs of the second half whose val cls loss exceeds YOLOv5's typical final level by 5 %
+        # (a run whose validation classes swing while its train loss stays flat; seen on large-images).
+        level = 1.05 * float(np.median([np.mean(r[c][-5:]) for r in ref.values()]))
+        ae, be = (
+            [int(np.sum(np.asarray(r[c][n_epochs // 2 :]) > level)) for r in runs.values()] for runs in (ref, ours)
+        )
+        u = stats.mannwhitneyu(be, ae) if any(ae) or any(be) else None
+        lines.append(f"  val cls loss excursions (epochs {n_epochs // 2}+ above {level:.4f}): runs with any "
+                     f"{sum(x > 0 for x in be)}/{len(be)} vs {sum(x > 0 for x in ae)}/{len(ae)}, epochs per run "
+                     f"{np.mean(be):.2f} vs {np.mean(ae):.2f}"
+                     + (f", Mann-Whitney p {u.pvalue:.3f}" if u is not None else ""))  # fmt: skip
     col = "train/box_loss"
     inside = []
     for e in range(5, n_epochs):
@@ -294,8 +310,9 @@ def main() -> None:
         "--trainers",
         nargs="+",
         default=["yolov5", "detector"],
-        choices=["yolov5", "detector", "yolov5-ourdata"],
-        help="yolov5-ourdata: YOLOv5's train.py fed by our training loader (bench/yolov5_ourdata.py)",
+        choices=["yolov5", "detector", "yolov5-ourdata", "detector-y5data"],
+        help="yolov5-ourdata: YOLOv5's train.py fed by our training loader (bench/yolov5_ourdata.py); "
+        "detector-y5data: ours fed by YOLOv5's (bench/detector_y5data.py)",
     )
     parser.add_argument("--out", type=Path, default=None, help="folder for runs, logs and summary.json")
     parser.add_argument(
@@ -314,7 +331,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.summary_only:
         sys.exit(summarise_folder(args))
-    if {"yolov5", "yolov5-ourdata"} & set(args.trainers) and not Y5_PY.exists():
+    if {"yolov5", "yolov5-ourdata", "detector-y5data"} & set(args.trainers) and not Y5_PY.exists():
         sys.exit("YOLOv5 7.0 is not installed: run bench/yolov5_env.sh first")
     data = resolve_data(args.data)
     out = args.out or ROOT / "outputs" / "bench-accuracy" / f"{Path(args.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -329,8 +346,8 @@ def main() -> None:
                 path = done  # finished in an earlier, interrupted call with the same --out: reused, time 0
             else:  # an unfinished run's folder goes first: YOLOv5 appends to an existing results.csv
                 shutil.rmtree(done.parent, ignore_errors=True)
-                if trainer == "detector":
-                    path = run_ours(data, args, seed, out)
+                if trainer in ("detector", "detector-y5data"):
+                    path = run_ours(data, args, seed, out, y5data=trainer == "detector-y5data")
                 else:
                     path = run_yolov5(data, args, seed, out, ourdata=trainer == "yolov5-ourdata")
             times[trainer].append(time.perf_counter() - t0)
