@@ -218,6 +218,11 @@ def summary(runs: dict[str, dict[int, dict[str, list[float]]]]) -> str:
     return "\n".join(lines)
 
 
+def last5(runs: dict[int, dict[str, list[float]]], col: str) -> np.ndarray:
+    """Each run's mean of ``col`` over its last 5 epochs."""
+    return np.array([np.mean(r[col][-5:]) for r in runs.values()])
+
+
 def verdict(
     ref: dict[int, dict[str, list[float]]], ours: dict[int, dict[str, list[float]]], n_epochs: int, name: str
 ) -> list:
@@ -238,7 +243,7 @@ def verdict(
         lines.append(f"  Welch t {t:.2f} (p {p:.2f}; |t| < 2 is within seed noise)")
         # The final epoch's mAP jumps between epochs when the EMA barely averages (few optimizer steps): the mean of
         # each run's last 5 epochs is a steadier figure of the same thing.
-        a5, b5 = (np.array([np.mean(r[m][-5:]) for r in runs.values()]) for runs in (ref, ours))
+        a5, b5 = last5(ref, m), last5(ours, m)
         t5, p5 = stats.ttest_ind(b5, a5, equal_var=False)
         lines.append(
             f"  mean of the last 5 epochs: {b5.mean():.4f} (sd {b5.std(ddof=1):.4f}) vs {a5.mean():.4f} "
@@ -246,7 +251,7 @@ def verdict(
         )
     v = "val/box_loss"
     if len(a) > 1 and len(b) > 1 and all(v in r for r in (*ref.values(), *ours.values())):
-        av, bv = (np.array([np.mean(r[v][-5:]) for r in runs.values()]) for runs in (ref, ours))
+        av, bv = last5(ref, v), last5(ours, v)
         tv, pv = stats.ttest_ind(bv, av, equal_var=False)
         lines.append(f"  val box loss, mean of the last 5 epochs: {bv.mean():.5f} vs {av.mean():.5f}, "
                      f"{bv.mean() / av.mean():.3f}x, Welch t {tv:.2f} (p {pv:.2f})")  # fmt: skip
@@ -254,7 +259,7 @@ def verdict(
     if len(a) > 1 and len(b) > 1 and all(c in r for r in (*ref.values(), *ours.values())):
         # Excursions: epochs of the second half whose val cls loss exceeds YOLOv5's typical final level by 5 %
         # (a run whose validation classes swing while its train loss stays flat; seen on large-images).
-        level = 1.05 * float(np.median([np.mean(r[c][-5:]) for r in ref.values()]))
+        level = 1.05 * float(np.median(last5(ref, c)))
         ae, be = (
             [int(np.sum(np.asarray(r[c][n_epochs // 2 :]) > level)) for r in runs.values()] for runs in (ref, ours)
         )

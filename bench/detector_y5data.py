@@ -45,10 +45,8 @@ def patch() -> None:
                 from yolov5.utils.dataloaders import create_dataloader
 
                 hyp = {k: float(v) for k, v in cfg.hyp.items() if v is not None}  # anchors: null
-                train_path = [str(p) for p in data.train] if len(data.train) > 1 else str(data.train[0])
-                loader, _ = create_dataloader(train_path,
-                                              int(cfg.imgsz), int(cfg.batch_size), int(stride), hyp=hyp,
-                                              augment=True, cache=cfg.cache, rect=False, rank=-1,
+                loader, _ = create_dataloader([str(p) for p in data.train], int(cfg.imgsz), int(cfg.batch_size),
+                                              int(stride), hyp=hyp, augment=True, cache=cfg.cache, rect=False, rank=-1,
                                               workers=int(cfg.workers), shuffle=True, seed=int(cfg.seed),
                                               prefix="yolov5 loader: ")  # fmt: skip
                 state["loader"] = loader

@@ -168,6 +168,14 @@ def stats_error(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.maximum(np.abs(ours[:, 0] - s) / (np.abs(s) + np.sqrt(q) + tiny), np.abs(ours[:, 1] - q) / (q + tiny))
 
 
+def _schedule_mismatch(ni: int, ours: dict[str, Any], ref: dict[str, Any], phase: str) -> str | None:
+    """Where iteration ``ni``'s lr or momentum leaves YOLOv5's, named with ``phase``; None when both agree."""
+    for key in ("lr", "momentum"):
+        if not _close(ours[key], ref[key], 1e-9, 1e-12):
+            return f"iteration {ni}: {phase} {key} {ours[key]} != YOLOv5 {ref[key]}"
+    return None
+
+
 def warmup_end(ref: dict[str, Any]) -> int:
     """YOLOv5's last warmup iteration in the record: the first at which the bias lr (falling from warmup_bias_lr)
     meets the others' (rising from 0)."""
@@ -186,10 +194,8 @@ def schedule_divergence(ref: dict[str, Any], ours: Replay, iterations: int | Non
     nw = warmup_end(ref)
     for ni, (r, o) in enumerate(zip(ref["schedule"][:n], ours.records[:n], strict=True)):
         phase = "warmup" if ni <= nw else "scheduler (after warmup)"
-        if not _close(o["lr"], r["lr"], 1e-9, 1e-12):
-            return f"iteration {ni}: {phase} lr {o['lr']} != YOLOv5 {r['lr']}"
-        if not _close(o["momentum"], r["momentum"], 1e-9, 1e-12):
-            return f"iteration {ni}: {phase} momentum {o['momentum']} != YOLOv5 {r['momentum']}"
+        if found := _schedule_mismatch(ni, o, r, phase):
+            return found
         if o["stepped"] != r["stepped"]:
             return f"iteration {ni}: {phase} accumulation: ours {'stepped' if o['stepped'] else 'accumulated'}"
     return None
@@ -211,10 +217,8 @@ def first_divergence(
     names = [k for k, v in ref["init_state"].items() if v.is_floating_point()]
     prev_err = 0.0
     for ni, (r, o) in enumerate(zip(ref["records"][:n], ours.records[:n], strict=True)):
-        if not _close(o["lr"], r["lr"], 1e-9, 1e-12):
-            return f"iteration {ni}: warmup/scheduler lr {o['lr']} != YOLOv5 {r['lr']}"
-        if not _close(o["momentum"], r["momentum"], 1e-9, 1e-12):
-            return f"iteration {ni}: warmup momentum {o['momentum']} != YOLOv5 {r['momentum']}"
+        if found := _schedule_mismatch(ni, o, r, "warmup/scheduler"):
+            return found
         if not _close(o["loss_items"], r["loss_items"], loss_rtol):
             where = f"iteration {ni}: loss (box, obj, cls) {o['loss_items']} != YOLOv5 {r['loss_items']}"
             if ni and prev_err > 0:  # the loss sees a weight difference below weight_rtol before the sums do
