@@ -47,8 +47,8 @@ def patch() -> None:
                 hyp = {k: float(v) for k, v in cfg.hyp.items() if v is not None}  # anchors: null
                 loader, _ = create_dataloader([str(p) for p in data.train], int(cfg.imgsz), int(cfg.batch_size),
                                               int(stride), hyp=hyp, augment=True, cache=cfg.cache, rect=False, rank=-1,
-                                              workers=int(cfg.workers), shuffle=True, seed=int(cfg.seed),
-                                              prefix="yolov5 loader: ")  # fmt: skip
+                                              workers=8 if cfg.workers == "auto" else int(cfg.workers),
+                                              shuffle=True, seed=int(cfg.seed), prefix="yolov5 loader: ")  # fmt: skip
                 state["loader"] = loader
                 print(f"detector_y5data: training batches from YOLOv5's loader ({len(loader)} batches, "
                       f"{loader.num_workers} workers)", flush=True)  # fmt: skip

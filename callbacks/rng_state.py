@@ -44,7 +44,22 @@ def restore(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        restore_cuda(state["cuda"])
+
+
+def restore_cuda(states: list[torch.Tensor]) -> int:
+    """Set the CUDA generators of the visible GPUs to the first ``states``; returns how many were set.
+
+    A resume may see fewer GPUs per process than the run that saved (e.g. one per rank instead of all of them):
+    the states of GPUs that do not exist here are skipped with a warning."""
+    visible = torch.cuda.device_count()
+    n = min(len(states), visible)
+    for index in range(n):
+        torch.cuda.set_rng_state(states[index], device=index)
+    if n < len(states):
+        log.warning("checkpoint has RNG states of %d GPUs, %d visible: restored %d, skipped %d",
+                    len(states), visible, n, len(states) - n)  # fmt: skip
+    return n
 
 
 class RngState(L.Callback):

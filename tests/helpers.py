@@ -144,3 +144,41 @@ class HangWhile(Callback):
             return
         while self.flag.exists() and not trainer.received_sigterm:
             time.sleep(0.1)
+
+
+class RankStateProbe(Callback):
+    """Appends to ``<folder>/rank<R>.jsonl``, at every validation (the weights validated: the EMA's) and every
+    checkpoint (its ``state_dict`` and ``current_model_state``), a sha256 of each tensor group: every rank holds one
+    model exactly when the ranks' files are equal."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def _write(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
+        import json
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": trainer.current_epoch, "step": trainer.global_step, **record}) + "\n")
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        if batch_idx == 0 and not trainer.sanity_checking:
+            self._write(trainer, {"at": "validation", **state_hashes(pl_module.state_dict())})
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        groups = {name: state_hashes(checkpoint[name]) for name in ("state_dict", "current_model_state")
+                  if name in checkpoint}  # fmt: skip
+        self._write(trainer, {"at": "checkpoint", **{f"{g}.{k}": v for g, h in groups.items() for k, v in h.items()}})
+
+
+def state_hashes(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """sha256 of the BatchNorm statistics (``running_*``) and of every other floating-point tensor of a state."""
+    import hashlib
+
+    groups: dict[str, Any] = {"bn_stats": hashlib.sha256(), "weights": hashlib.sha256()}
+    for name, t in sorted(state.items()):
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            group = "bn_stats" if ".running_" in name else "weights"
+            groups[group].update(t.detach().cpu().contiguous().numpy().tobytes())
+    return {k: h.hexdigest() for k, h in groups.items()}

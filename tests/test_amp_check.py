@@ -103,3 +103,28 @@ def test_full_precision_and_disabled_check_run_nothing(monkeypatch, settings):
     monkeypatch.setattr(amp_check, "check_amp", lambda *a, **k: pytest.fail("no check expected"))
     assert checked_precision("32-true", {}, settings) == "32-true"
     assert checked_precision("16-mixed", {}, {**settings, "enabled": False}) == "16-mixed"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"LOCAL_RANK": "2", "SLURM_LOCALID": "3"}, 2),  # Lightning's or torchrun's ranks (also inside SLURM)
+        ({"SLURM_LOCALID": "3", "SLURM_PROCID": "7"}, 3),  # a task srun started: no LOCAL_RANK
+        ({"SLURM_PROCID": "7"}, 0),
+        ({}, 0),
+    ],
+)
+def test_node_local_rank_reads_local_rank_then_slurm_localid(env, expected):
+    assert amp_check.node_local_rank(env) == expected
+
+
+def test_an_srun_task_checks_on_its_own_gpu(monkeypatch, settings):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv(DECISION_ENV, raising=False)
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setattr(amp_check.rank_zero_only, "rank", 5)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    checked: list[torch.device] = []
+    monkeypatch.setattr(amp_check, "check_amp", lambda device, *a, **k: checked.append(device))
+    assert checked_precision("16-mixed", {"accelerator": "gpu", "devices": [4, 6]}, settings) == "16-mixed"
+    assert checked == [torch.device("cuda", 6)]

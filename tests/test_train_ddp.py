@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,11 @@ import torch
 from callbacks.results_csv import read_results
 from detector.data.shapes import ensure_shapes_dataset
 from detector.train import own_ranks_in_slurm_task
+from detector.val import validate
 from tests.test_resume import finish, only_run, train
+from tests.test_val_command import compose_val
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SETTINGS = ("epochs=3", "imgsz=64", "batch_size=8", "workers=0", "trainer=cpu", "logger=csv", "nbs=16",
             "callbacks.autoanchor.gen=50", "hyp.warmup_epochs=0.5", "schedule.min_warmup_iters=3",
@@ -28,10 +34,12 @@ def tiny_data(tmp_path_factory):
     return ensure_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n_train=32, n_val=12)
 
 
-def test_two_processes_train_like_one_with_the_same_total_batch(tiny_data, tmp_path):
+def test_two_processes_train_like_one_with_the_same_total_batch(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     finish(train(tmp_path, f"data={tiny_data}", "name=one", *SETTINGS))
+    probe = ("+callbacks.zz_probe._target_=tests.helpers.RankStateProbe", f"+callbacks.zz_probe.folder={tmp_path}")
     err = finish(train(tmp_path, f"data={tiny_data}", "name=two", *SETTINGS, "trainer.devices=2",
-                       "trainer.strategy=ddp"))  # fmt: skip
+                       "trainer.strategy=ddp", *probe))  # fmt: skip
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in err
     for noise in ("💡 Tip", "LeafSpec", "sync_dist=True"):  # a clean console on every rank (detector.console)
         assert noise not in err, noise
@@ -48,6 +56,19 @@ def test_two_processes_train_like_one_with_the_same_total_batch(tiny_data, tmp_p
         for key in ("train/box_loss", "train/obj_loss", "train/cls_loss"):
             assert b[key] == pytest.approx(a[key], rel=0.2), (a["epoch"], key)
     assert rows_two[-1]["fitness"] == pytest.approx(rows_one[-1]["fitness"], abs=0.01)
+    # One model on every rank: the weights validated (the EMA's, BatchNorm statistics included) and every
+    # checkpoint's EMA and raw weights are bit-equal across ranks (rank 0's buffers are broadcast: ddp_buffers.py).
+    records = [[json.loads(ln) for ln in (tmp_path / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert [r["at"] for r in records[0]].count("validation") == 3
+    assert any("current_model_state.bn_stats" in r for r in records[0])  # the EMA's checkpoint hook ran first
+    assert records[0] == records[1]
+    # The logged final metrics are those of the saved model: last.ckpt re-validated in one process, with the run's
+    # val batch (2 ranks x 8), gives results.csv's values (the val losses are means of other batches: close only).
+    cfg = compose_val([f"ckpt={two / 'weights' / 'last.ckpt'}", f"run_dir={tmp_path / 'val'}", "batch_size=16",
+                       "workers=0", "accelerator=cpu"])  # fmt: skip
+    val = validate(cfg)
+    for key in ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "fitness"):
+        assert val[key] == pytest.approx(rows_two[-1][key], rel=1e-4, abs=1e-9), key  # results.csv: 5 digits
     ck_one = torch.load(one / "weights" / "last.ckpt", weights_only=True)
     ck_two = torch.load(two / "weights" / "last.ckpt", weights_only=True)
     key = "model.model.24.anchors"

@@ -33,6 +33,16 @@ FULL_PRECISION = "32-true"
 DECISION_ENV = "DETECTOR_AMP_DECISION"
 
 
+def node_local_rank(env: Mapping[str, str]) -> int:
+    """This process's rank on its node: ``LOCAL_RANK`` (Lightning's launcher, torchrun), else ``SLURM_LOCALID``
+    (a task started by ``srun``, which sets no ``LOCAL_RANK``), else 0."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = env.get(name, "").strip()
+        if value:
+            return int(value)
+    return 0
+
+
 def training_device(trainer_cfg: Mapping[str, Any], local_rank: int = 0) -> torch.device:
     """The device this process will train on, from the trainer config (CUDA when asked for or ``auto``)."""
     if trains_on_cuda(trainer_cfg):
@@ -113,7 +123,7 @@ def checked_precision(precision: str, trainer_cfg: Mapping[str, Any], settings: 
     decided = os.environ.get(DECISION_ENV, "")
     if rank > 0 and decided.startswith(f"{precision}=>"):
         return decided.split("=>", 1)[1]
-    device = training_device(trainer_cfg, int(os.environ.get("LOCAL_RANK", 0)))
+    device = training_device(trainer_cfg, node_local_rank(os.environ))
     reason = check_amp(device, precision, settings)
     result = precision if reason is None else FULL_PRECISION
     if reason is None:

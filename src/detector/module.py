@@ -14,6 +14,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from detector.boxes import scale_boxes, xywh2xyxy
 from detector.data.multiscale import multi_scale
+from detector.ddp_buffers import broadcast_buffers
 from detector.loss import YoloLoss, scale_loss_gains
 from detector.metrics import DetectionEvaluator, fitness, format_per_class_table
 from detector.models import DetectionModel
@@ -197,10 +198,15 @@ class DetectorModule(L.LightningModule):
         with contextlib.nullcontext() if step or no_sync is None else no_sync():
             preds = self.model(imgs)
             loss, items = self.loss_fn(preds, targets)
-            if self._not_finite(loss, batch_idx):
-                opt.zero_grad()  # the batch and the accumulation window it was in are dropped
-                return None
-            self.manual_backward(loss * self.trainer.world_size)
+            skip = self._not_finite(loss, batch_idx)
+            if not skip:
+                self.manual_backward(loss * self.trainer.world_size)
+        # Rank 0's BatchNorm statistics to every rank, after the backward (which checks that they are the ones its
+        # forward saw): one model on every rank (detector/ddp_buffers.py says why)
+        broadcast_buffers(self.model)
+        if skip:
+            opt.zero_grad()  # the batch and the accumulation window it was in are dropped
+            return None
         self.last_loss_items = items  # (box, obj, cls) of this batch, detached
         if step:
             opt.step()  # clipping happens in on_before_optimizer_step, after AMP has unscaled the gradients

@@ -79,8 +79,9 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
     frozen = list(cfg.freeze) if OmegaConf.is_list(cfg.freeze) else [cfg.freeze]
     if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in frozen):
         raise ConfigError(f"freeze={cfg.freeze}: an integer N >= 0 (the first N layers) or a list of layer indices")
-    if int(cfg.workers) < 0:
-        raise ConfigError(f"workers={cfg.workers}: must be >= 0")
+    workers = cfg.workers
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ConfigError(f"workers={cfg.workers}: a number >= 0, or auto (YOLOv5's rule: at most 8 per rank)")
     if not 0 <= int(cfg.seed) < 2**32:
         raise ConfigError(f"seed={cfg.seed}: must be in [0, 2**32) (numpy's and the sampler's seed range)")
     if cfg.trainer.get("sync_batchnorm") and not trains_on_cuda(cfg.trainer):

@@ -33,7 +33,7 @@ class TrainSchema:
     epochs: int = MISSING
     batch_size: int = MISSING
     imgsz: int = MISSING
-    workers: int = MISSING
+    workers: Any = MISSING  # a number or auto: checked by run_config.prepare_config
     seed: int = MISSING
     optimizer: str = MISSING
     cos_lr: bool = MISSING

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from hydra.utils import get_original_cwd, instantiate
 from lightning.fabric.plugins.environments import ClusterEnvironment, LightningEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -151,7 +152,7 @@ def _fit(cfg: DictConfig, run_dir: Path, cwd: str, ckpt: Path | None) -> float:
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     plugins = _plugins(trainer_kwargs.pop("plugins", None), trainer_kwargs)
-    trainer_kwargs["strategy"] = _strategy(trainer_kwargs.get("strategy", "auto"), float(cfg.ddp_timeout))
+    trainer_kwargs["strategy"] = resolve_strategy(trainer_kwargs, float(cfg.ddp_timeout))
     callbacks = console_callbacks(instantiate_group(cfg.callbacks), trainer_kwargs)  # may set a trainer flag
     trainer = L.Trainer(
         **trainer_kwargs,
@@ -194,11 +195,18 @@ def console_callbacks(callbacks: list, trainer_kwargs: dict[str, Any]) -> list:
     return kept
 
 
-def _strategy(strategy: Any, timeout_s: float) -> Any:
-    """``ddp`` with a process-group timeout long enough for rank 0's one-off work (label caching, AutoAnchor) while
-    the other ranks wait at a barrier; Lightning's default is 30 min, YOLOv5's 3 h. Other strategies as given."""
-    if strategy == "ddp":
-        return DDPStrategy(timeout=timedelta(seconds=timeout_s))
+def resolve_strategy(trainer_kwargs: dict[str, Any], timeout_s: float, environ: Mapping[str, str] | None = None) -> Any:
+    """Every way of asking for DDP as one DDPStrategy with a process-group timeout long enough for rank 0's one-off
+    work (label caching, AutoAnchor) while the other ranks wait at a barrier (Lightning's default is 30 min, YOLOv5's
+    3 h): a DDP name of Lightning's registry (``ddp``, ``ddp_spawn``, ``ddp_find_unused_parameters_true``, ...) with
+    that name's settings, and ``auto`` where it means several processes. Other strategies as given."""
+    strategy = trainer_kwargs.get("strategy", "auto")
+    gpus = len(visible_gpus(os.environ if environ is None else environ))
+    if strategy == "auto" and not single_process(trainer_kwargs, gpus):
+        strategy = "ddp"  # Lightning's choice for several devices (outside notebooks)
+    entry = StrategyRegistry[strategy] if isinstance(strategy, str) and strategy in StrategyRegistry else None
+    if entry is not None and entry["strategy"] is DDPStrategy:
+        return DDPStrategy(timeout=timedelta(seconds=timeout_s), **entry["init_params"])
     return strategy
 
 

@@ -39,7 +39,7 @@ def validate(cfg: DictConfig, cwd: str | None = None) -> dict[str, float]:
                               f"{module.hparams.nc}")  # fmt: skip
     imgsz = int(cfg.imgsz if cfg.imgsz is not None else run.imgsz)
     datamodule = build_datamodule(run, data, stride=int(module.model.stride.max()), imgsz=imgsz,
-                                  workers=int(cfg.workers), report_dir=run_dir, val_batch_size=int(cfg.batch_size),
+                                  workers=cfg.workers, report_dir=run_dir, val_batch_size=int(cfg.batch_size),
                                   cache=None)  # fmt: skip
     callbacks: list[L.Callback] = [ValidationPlots(run_dir, **cfg.plots), YoloProgressBar()]
     if cfg.save_json:

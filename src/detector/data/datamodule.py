@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +15,10 @@ from torch.utils.data import DataLoader, Sampler
 
 from detector.data.albumentations_extras import AlbumentationsExtras
 from detector.data.config import DataConfig, img2label_paths, list_image_files
+from detector.data.cpu_budget import loader_workers, rank_cpus, setup_threads
 from detector.data.dataset import YoloDataset
+from detector.data.image_cache import write_disk_cache
+from detector.data.images import read_image
 from detector.data.labels import LabelSet, default_cache_path, load_labels
 from detector.data.sampler import BlockShardSampler, EpochSampler
 from detector.data.shared_ram import SharedRam, shared_ram_for
@@ -47,7 +49,7 @@ class DetectorDataModule(L.LightningDataModule):
         hyp: Mapping[str, Any],
         imgsz: int,
         batch_size: int,
-        workers: int,
+        workers: int | str,
         seed: int,
         epochs: int,
         augment: Mapping[str, Any],
@@ -66,7 +68,7 @@ class DetectorDataModule(L.LightningDataModule):
         self.hyp = dict(hyp)
         self.imgsz = int(imgsz)
         self.batch_size = int(batch_size)
-        self.workers = int(workers)
+        self.workers = workers  # a number, or auto (cpu_budget.loader_workers)
         self.seed = int(seed)
         self.epochs = int(epochs)
         self.augment = dict(augment)
@@ -110,7 +112,7 @@ class DetectorDataModule(L.LightningDataModule):
             nc=self.data.nc,
             repair_jpeg=self.repair_jpeg,
             single_cls=self.single_cls,
-            workers=max(1, min(8, (os.cpu_count() or 2) - 1)),
+            workers=setup_threads(),
             log_report=log_report,
         )
 
@@ -121,11 +123,15 @@ class DetectorDataModule(L.LightningDataModule):
         return self._labelsets[split]
 
     def prepare_data(self) -> None:
-        """Verify labels, write the label caches and log the dataset reports, once per node (local rank 0).
+        """Verify labels, write the label caches and log the dataset reports, once per node (local rank 0); with
+        ``cache='disk'`` also write the images' .npy files, so that this process is the node's one writer: the other
+        ranks wait at Lightning's barrier and then find every file there (setup writes only what is missing).
 
         Keeps no state (Lightning runs it on one process only): setup reloads from the caches."""
         for split in ("train", "val"):
-            self._load_labels(split, log_report=True)
+            labels = self._load_labels(split, log_report=True)
+            if self.cache == "disk" and labels.im_files:  # no images: setup raises the dataset's own error
+                write_disk_cache(labels.im_files, self._npy_cache_dir(labels), read_image, setup_threads())
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets the stage needs (train + val for fit, else val) and save their reports."""
@@ -181,8 +187,8 @@ class DetectorDataModule(L.LightningDataModule):
             path = labels.report.save(self.report_dir / f"dataset_{split}.txt")
             log.info("%s dataset report saved to %s", split, path)
         common = dict(imgsz=self.imgsz, rendering=self.augment, hyp=self.hyp, stride=self.stride, seed=self.seed,
-                      epochs=self.epochs, names=self.names, workers=self.workers, cache=self.cache,
-                      cache_dir=self._npy_cache_dir(labels), shared_ram=shared)  # fmt: skip
+                      epochs=self.epochs, names=self.names, workers=max(1, self._workers(batch)), cache=self.cache,
+                      cache_dir=self._npy_cache_dir(labels), shared_ram=shared, cpus=self._cpus())  # fmt: skip
         if not augment:
             return YoloDataset(
                 labels, batch_size=batch, augment=False, rect=True, pad=self.val_pad, close_mosaic=0, **common
@@ -203,11 +209,18 @@ class DetectorDataModule(L.LightningDataModule):
             return None
         return Path(str(Path(ls.label_files[0]).parent) + ".npy-cache")
 
+    def _cpus(self) -> int:
+        """This rank's share of the CPUs this process may use: the ranks of this machine split them."""
+        return rank_cpus(self._world()[2])
+
+    def _workers(self, batch: int, scale: int = 1) -> int:
+        """Loader workers of this rank for a loader of ``batch`` (cpu_budget.loader_workers: YOLOv5's rule)."""
+        return loader_workers(self.workers, batch, self._cpus(), scale)
+
     def _loader(self, dataset: YoloDataset, batch: int, workers: int, shuffle: bool, rank: int, world: int,
                 epoch: int = 0, sampler: Sampler | None = None):  # fmt: skip
         batch = min(batch, len(dataset))
-        _, _, devices = self._world()
-        nw = min((os.cpu_count() or 1) // devices, batch if batch > 1 else 0, workers)
+        nw = min(workers, batch if batch > 1 else 0)  # a set smaller than the batch: its own size
         if sampler is None:
             sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
                                    epoch=epoch)  # fmt: skip
@@ -231,7 +244,8 @@ class DetectorDataModule(L.LightningDataModule):
         # resumed epoch repeats epoch 0's order and augmentation (seen with workers > 0).
         trainer = self.trainer
         epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
-        return self._loader(self.train_dataset, self._train_batch, self.workers, not self.rect, rank, world, epoch)
+        workers = self._workers(self._train_batch)
+        return self._loader(self.train_dataset, self._train_batch, workers, not self.rect, rank, world, epoch)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:
@@ -245,4 +259,4 @@ class DetectorDataModule(L.LightningDataModule):
         # than one rect group of every rank's val batch is one group, so smaller blocks keep its shapes.
         batch = min(self._val_batch, n // world)
         sampler = BlockShardSampler(n, batch=batch, rank=rank, world_size=world)
-        return self._loader(self.val_dataset, batch, self.workers * 2, False, rank, world, sampler=sampler)
+        return self._loader(self.val_dataset, batch, self._workers(batch, scale=2), False, rank, world, sampler=sampler)

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from detector.data.albumentations_extras import AlbumentationsExtras
+from detector.data.cpu_budget import threads_per_loader, usable_cpus
 from detector.data.image_cache import ImageLoader, Reader
 from detector.data.recipe import SampleRecipe
 from detector.data.rendering import LetterboxInfo, Rendering
@@ -39,14 +40,6 @@ def rect_batch_hw(wh: np.ndarray, batch_size: int, imgsz: int, stride: int, pad:
     return np.ceil(factors * imgsz / stride + pad).astype(int) * stride
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def to_chw_rgb(im: np.ndarray) -> np.ndarray:
     """HWC BGR(A) uint8 -> contiguous CHW RGB (cv2.split is ~2x faster than a strided numpy copy)."""
     planes = cv2.split(im)
@@ -62,7 +55,8 @@ class YoloDataset(Dataset):
     ((n, 2) original (w, h)) and ``segments`` (per image, a list of normalised (k, 2) polygons). Items are
     ``(index, epoch)`` tuples from EpochSampler or plain ints (epoch 0); ``recipe`` makes each sample from
     (seed, epoch, index) alone. Batches are fetched by a thread pool: ``threads`` threads (0: up to 8, one per
-    CPU) when loading in the main process, the CPUs left per worker inside loader workers.
+    CPU) when loading in the main process, ``cpus`` (this rank's CPUs; 0: all usable) split among the loader workers
+    inside them.
 
     The settings the config owns have no defaults here. ``rendering`` is conf/augment's node (see
     rendering.Rendering); the albumentations stage is passed built (``albumentations``), None for none; ``pad`` is
@@ -93,6 +87,7 @@ class YoloDataset(Dataset):
         reader: Reader | None = None,
         threads: int = 0,
         shared_ram: SharedRam | None = None,
+        cpus: int = 0,
     ):
         self.imgsz = int(imgsz)
         self.augment = bool(augment)
@@ -125,7 +120,8 @@ class YoloDataset(Dataset):
             images, labels, segments, sizes_wh, imgsz=self.imgsz, reduced_decoding=rendering.reduced_decoding
         )
         self.recipe.warn_unusable(self.source)
-        self.threads = int(threads) if threads else min(8, usable_cpus())
+        self.cpus = int(cpus) or usable_cpus()  # this rank's share of the machine's CPUs
+        self.threads = int(threads) if threads else min(8, self.cpus)
         self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (owner pid, pool)
 
     @property
@@ -157,9 +153,9 @@ class YoloDataset(Dataset):
 
     def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list:
         """A batch of samples computed by a thread pool (OpenCV and numpy release the GIL): ``threads`` threads
-        in the main process, the cores left per worker inside loader workers. Same samples either way."""
+        in the main process, the rank's CPUs split among the loader workers inside them. Same samples either way."""
         info = get_worker_info()
-        threads = self.threads if info is None else usable_cpus() // info.num_workers
+        threads = self.threads if info is None else threads_per_loader(self.cpus, info.num_workers)
         if min(threads, len(items)) < 2:
             return [self[i] for i in items]
         if self._pool is None or self._pool[0] != os.getpid():  # a pool inherited through fork has no threads

@@ -1,7 +1,8 @@
 """Image loading for the datasets: decode, resize to the training size, optionally cached in RAM or on disk.
 
 ``cache='ram'`` keeps the resized images in memory after checking that they fit; ``cache='disk'`` keeps the
-decoded originals as ``.npy`` files in a cache folder given by the caller (never inside the dataset itself).
+decoded originals as ``.npy`` files in a cache folder given by the caller (never inside the dataset itself). Under
+DDP the datamodule writes them once per node, before the ranks build their loaders (``write_disk_cache``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import logging
 import math
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -173,32 +175,54 @@ class ImageLoader:
     def _fill_disk(self, workers: int) -> None:
         if self.cache_dir is None:
             raise ValueError("cache='disk' needs a cache_dir for the .npy files")
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            log.warning("cache=disk: cannot create %s (%s); images are read from their files", self.cache_dir, e)
-            return
-        paths = [disk_cache_path(self.cache_dir, f) for f in self.im_files]
+        self.npy = write_disk_cache(self.im_files, self.cache_dir, self.reader, workers)
 
-        def write(i: int) -> bool:
-            if paths[i].exists():
-                return True
-            im = self.reader(self.im_files[i], 1)
-            if im is None:
-                return False
-            tmp = paths[i].with_suffix(".tmp.npy")
-            np.save(tmp, im)
-            os.replace(tmp, paths[i])  # atomic: a reader never sees a half-written file
-            return True
 
-        try:
-            with ThreadPoolExecutor(max(1, workers)) as pool:
-                done = sum(pool.map(write, range(len(paths))))
-        except OSError as e:
-            log.warning("cache=disk: cannot write to %s (%s); images are read from their files", self.cache_dir, e)
-            return
-        self.npy = paths
-        log.info("cache=disk: %d decoded images as .npy in %s", done, self.cache_dir)
+def write_disk_cache(im_files: Sequence[str], cache_dir: Path, reader: Reader, workers: int) -> list[Path] | None:
+    """Decode the images that have no .npy file in ``cache_dir`` yet and save them there; returns the .npy paths
+    of all images, or None (with a warning) when the folder cannot be written.
+
+    Files already there are kept untouched, so a second caller (another rank, after the node's local rank 0 wrote
+    them in ``prepare_data``) only reads."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        log.warning("cache=disk: cannot create %s (%s); images are read from their files", cache_dir, e)
+        return None
+    paths = [disk_cache_path(cache_dir, f) for f in im_files]
+
+    def write(i: int) -> str:
+        if paths[i].exists():
+            return "found"
+        im = reader(im_files[i], 1)
+        if im is None:
+            return "unreadable"
+        _save_npy(paths[i], im)
+        return "written"
+
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            outcomes = list(pool.map(write, range(len(paths))))
+    except OSError as e:
+        log.warning("cache=disk: cannot write to %s (%s); images are read from their files", cache_dir, e)
+        return None
+    counts = {k: outcomes.count(k) for k in ("written", "found", "unreadable")}
+    log.info("cache=disk: %d images decoded to .npy, %d already there, %d unreadable in %s",
+             counts["written"], counts["found"], counts["unreadable"], cache_dir)  # fmt: skip
+    return paths
+
+
+def _save_npy(path: Path, im: np.ndarray) -> None:
+    """Save ``im`` as ``path`` through a temporary name of this call alone (pid and a random part), replaced
+    atomically: no two writers share a file, and a reader never sees a half-written one."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, im)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _gb(nbytes: int | None) -> str:
