@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from callbacks.results_csv import read_results
 from detector.data.shapes import ensure_shapes_dataset
 from detector.train import own_ranks_in_slurm_task
 from detector.val import validate
-from tests.test_resume import finish, only_run, train
+from tests.test_resume import TIMEOUT, finish, only_run, train
 from tests.test_val_command import compose_val
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,3 +146,21 @@ def test_a_one_task_slurm_job_starts_its_own_ranks_only_when_it_needs_them():
     assert not own_ranks_in_slurm_task(ddp2, {**one_task, "SLURM_NTASKS": "2"})  # srun started the ranks
     assert not own_ranks_in_slurm_task(ddp2, {"CUDA_VISIBLE_DEVICES": "0,1"})  # no SLURM
     assert not own_ranks_in_slurm_task({**ddp2, "num_nodes": 2}, one_task)  # other nodes need SLURM's tasks
+
+
+def test_a_rank_killed_ends_the_whole_run_at_once(tiny_data, tmp_path):
+    """SIGKILL of one rank (an OOM kill, a lost node): the other ranks fail at their next collective, and the run
+    ends with an error instead of waiting for ddp_timeout (3 h)."""
+    proc = train(tmp_path, f"data={tiny_data}", "name=kill", *SETTINGS, "epochs=50", "trainer.devices=2",
+                 "trainer.strategy=ddp")  # fmt: skip
+    deadline = time.time() + TIMEOUT
+    while not list((tmp_path / "outputs" / "kill").glob("*/weights/last.ckpt")) and time.time() < deadline:
+        time.sleep(0.05)  # training for sure: an epoch is done
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    ranks = [int(p) for p in children if "LOCAL_RANK=1" in Path(f"/proc/{p}/environ").read_text().replace("\0", " ")]
+    assert len(ranks) == 1, children
+    os.kill(ranks[0], signal.SIGKILL)
+    killed = time.time()
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert time.time() - killed < 5  # rank 0 sees the closed connection at its next collective
