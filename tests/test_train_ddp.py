@@ -163,4 +163,4 @@ def test_a_rank_killed_ends_the_whole_run_at_once(tiny_data, tmp_path):
     killed = time.time()
     proc.communicate(timeout=60)
     assert proc.returncode != 0
-    assert time.time() - killed < 5  # rank 0 sees the closed connection at its next collective
+    assert time.time() - killed < 30  # not ddp_timeout: rank 0 fails at its next collective (~1 s idle)
