@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
 
+from detector import CONF_DIR
 from detector.evolve import history
 from detector.evolve.genetic import GeneticSettings, child, constrain, fitness, mutation_factors, select_parent
 from detector.evolve.space import SearchSpace, base_values
@@ -29,6 +32,13 @@ def test_default_space_is_yolov5_v7_table():
     assert (space.gains[i], space.lower[i], space.upper[i]) == (2.0, 2.0, 10.0)
     i = space.keys.index("momentum")
     assert (space.gains[i], space.lower[i], space.upper[i]) == (0.3, 0.6, 0.98)
+
+
+def test_a_folder_named_like_the_table_does_not_hide_it(tmp_path, monkeypatch):
+    (tmp_path / "yolov5").mkdir()  # run from beside a YOLOv5 clone
+    monkeypatch.chdir(tmp_path)
+    space, table = SearchSpace.load("yolov5"), SearchSpace.load(Path(CONF_DIR) / "evolve" / "yolov5.yaml")
+    assert space.keys == table.keys and np.array_equal(space.upper, table.upper)
 
 
 def test_bad_space_tables_are_refused(tmp_path):

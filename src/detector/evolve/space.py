@@ -44,7 +44,7 @@ class SearchSpace:
     def load(cls, name_or_path: str | Path) -> SearchSpace:
         """A table by file path, or by name from conf/evolve (``yolov5``)."""
         path = Path(name_or_path).expanduser()
-        if not path.suffix and not path.exists():
+        if not path.suffix and not path.is_file():  # a folder of that name (a YOLOv5 clone) is no table
             path = Path(CONF_DIR) / "evolve" / f"{name_or_path}.yaml"
         if not path.is_file():
             raise FileNotFoundError(f"search space {name_or_path}: no such file ({path})")
