@@ -13,8 +13,12 @@ import sys
 
 def times(path: str) -> tuple[float, float]:
     """Median batch loop and median epoch with validation, in seconds, from the second epoch on."""
-    s = json.load(open(path))
-    loop = statistics.median(v - a for a, v in zip(s["start"][1:], s["val_start"][1:], strict=True))
+    return median_times(json.load(open(path)))
+
+
+def median_times(s: dict[str, list[float]]) -> tuple[float, float]:
+    """As times(), from the stamps themselves (of a run cut short too: an epoch without validation is left out)."""
+    loop = statistics.median(v - a for a, v in zip(s["start"][1:], s["val_start"][1:], strict=False))
     epoch = statistics.median(b - a for a, b in zip(s["end"], s["end"][1:], strict=False))
     return loop, epoch
 

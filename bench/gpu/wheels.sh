@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetches, on this machine, the wheels the device machine lacks (its image has torch, Lightning, torchmetrics, OpenCV,
-# scipy, matplotlib; not Hydra, albumentations or pycocotools) for its Python 3.12, plus a wheel of detector itself,
-# into .whl/ (git-ignored). bench/gpu/check.sh installs them there. Run from the repository root.
+# scipy, matplotlib, setuptools; not Hydra, albumentations or pycocotools) for its Python 3.12, into .whl/
+# (git-ignored). bench/gpu/check.sh installs them there; detector itself it builds there from the working tree that
+# travels (no wheel of it here, so none can be stale). Run from the repository root.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 rm -rf .whl && mkdir -p .whl
@@ -14,7 +15,6 @@ $PY -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=
     pycocotools==2.0.11
 # antlr4's runtime is a source distribution only: build its (pure Python) wheel here
 $PY -m pip wheel --quiet --disable-pip-version-check --no-deps -w .whl antlr4-python3-runtime==4.9.3
-$PY -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w .whl .
 # YOLOv5 7.0 for the side-by-side step, apart in .whl/yolov5 (installed to its own path, never on ours): PyPI's
 # yolov5 and what it imports that the image lacks (ultralytics for check_requirements, roboflow and its imports,
 # setuptools<81 for pkg_resources, huggingface-hub<0.25 for its hub check). Its other needs (pandas, seaborn,
