@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: train test test-all lint format bench clean
+.PHONY: train test test-all test-min lint format bench clean
 
 # Hydra finds plugins (our evolve sweeper) by listing the hydra_plugins folders on sys.path, which an editable
 # install's import hook does not show: the .pth puts plugins/ on the path (a wheel install needs nothing).
@@ -24,6 +24,9 @@ test: $(STAMP)  ## the fast test suite (excludes @pytest.mark.slow)
 
 test-all: $(STAMP)  ## every test, slow ones included
 	$(PY) -m pytest -q
+
+test-min:  ## a fresh .venv-min with every dependency at its pyproject floor, then a smoke subset of the tests
+	PYTHON=$(PYTHON) tools/test_min.sh
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(PY) -m ruff check .
