@@ -42,6 +42,20 @@ def conf_callback(name: str, overrides: list[str] | None = None, **kwargs: Any) 
     return instantiate(compose_train(overrides).callbacks[name], **kwargs)
 
 
+class TinyModule(L.LightningModule):
+    """One convolution trained on the batch's images: a fit that exercises the data path, not the detector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 3)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.conv(batch[0].float() / 255).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
 class StopAfterEpochs(Callback):
     """Ends a fit after ``epochs`` epochs as an interruption would, checkpoints written (resume tests)."""
 

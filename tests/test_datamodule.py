@@ -18,7 +18,7 @@ from detector.data.sampler import BlockShardSampler, EpochSampler
 from detector.plots.batches import plot_images
 from detector.plots.labels import plot_labels
 from detector.train import build_datamodule
-from tests.helpers import compose_train, conf_callback
+from tests.helpers import TinyModule, compose_train, conf_callback
 
 CONF = Path(CONF_DIR)
 
@@ -198,18 +198,6 @@ def test_plots_write_pictures(tmp_path):
     assert out == tmp_path / "labels.jpg" and cv2.imread(str(out)).shape[0] > 500
 
 
-class _Tiny(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 1, 3)
-
-    def training_step(self, batch, batch_idx):
-        return self.conv(batch[0].float() / 255).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
 def test_dataset_plots_callback_saves_labels_and_first_batches(data_yaml, tmp_path, monkeypatch):
     import detector.callbacks.dataset_plots as dp
 
@@ -227,7 +215,7 @@ def test_dataset_plots_callback_saves_labels_and_first_batches(data_yaml, tmp_pa
         use_distributed_sampler=False,
         callbacks=[conf_callback("dataset_plots", save_dir=tmp_path / "run")],
     )
-    trainer.fit(_Tiny(), datamodule=dm)
+    trainer.fit(TinyModule(), datamodule=dm)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert names == ["labels.jpg", "train_batch0.jpg", "train_batch1.jpg", "train_batch2.jpg"]
     assert len(calls) == 3  # first epoch only

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from hydra.utils import instantiate
 
 from detector.data import image_cache
 from detector.data.config import load_data_config
 from detector.data.datamodule import DetectorDataModule
 from detector.data.shapes import ensure_shapes_dataset
-from tests.helpers import compose_train
+from tests.helpers import TinyModule, compose_train
 
 SAVE_NPY = image_cache._save_npy  # the real writer, before any test wraps it
 
@@ -47,18 +46,6 @@ class WriteLog(DetectorDataModule):
         image_cache._save_npy = save
 
 
-class _Tiny(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 1, 3)
-
-    def training_step(self, batch, batch_idx):
-        return self.conv(batch[0].float() / 255).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
 def write_log_datamodule(tmp_path: Path, log_path: Path) -> WriteLog:
     data_yaml = ensure_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=4)
     cfg = compose_train([f"run_dir={tmp_path}", "imgsz=64", "batch_size=4", "workers=0", "epochs=1", "cache=disk"])
@@ -86,7 +73,7 @@ def test_two_ranks_write_each_npy_file_once_from_local_rank_zero(tmp_path, monke
         use_distributed_sampler=False,
         default_root_dir=tmp_path,
     )
-    trainer.fit(_Tiny(), datamodule=dm)
+    trainer.fit(TinyModule(), datamodule=dm)
     writes = [line.split() for line in log_path.read_text().splitlines()]
     files = sorted(p.name for p in (tmp_path / "shapes").rglob("*.npy-cache/*.npy"))
     assert len(files) == 12  # 8 train + 4 val images
