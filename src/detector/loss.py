@@ -141,6 +141,25 @@ def last_write_index(linear_index: torch.Tensor, size: int) -> torch.Tensor:
     return last[linear_index]
 
 
+def check_classes(targets: torch.Tensor, nc: int) -> None:
+    """Raise ValueError when a target class of ``targets`` ``(N, 6)`` lies outside ``[0, nc)``.
+
+    The test is queued on the targets' device (``torch._assert_async``), so the host does not wait for the device on
+    every batch: CPU targets fail at once with the ValueError, CUDA ones stop the run with a device-side assert at the
+    device's next synchronisation (the datamodule's label check drops such labels before they get here). Devices
+    without the asynchronous assert are checked on the host.
+    """
+    if not targets.shape[0]:
+        return
+    cls = targets[:, 1]
+    bad = (cls < 0) | (cls >= nc)
+    try:
+        torch._assert_async(~bad.any(), "target class out of range")
+    except RuntimeError:  # a failed CPU assert, or no asynchronous assert on this device (NotImplementedError)
+        if bad.any():
+            raise ValueError(f"target class {int(cls[bad][0])} out of range for a model with nc={nc}") from None
+
+
 class YoloLoss:
     """YOLOv5 loss for a ``DetectionModel``; ``hyp`` must already be scaled by ``scale_loss_gains``.
 
@@ -179,11 +198,7 @@ class YoloLoss:
     def __call__(self, preds: Sequence[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(preds) != self.nl:
             raise ValueError(f"expected {self.nl} prediction levels, got {len(preds)}")
-        if targets.shape[0]:
-            cls = targets[:, 1]
-            bad = (cls < 0) | (cls >= self.nc)
-            if bad.any():
-                raise ValueError(f"target class {int(cls[bad][0])} out of range for a model with nc={self.nc}")
+        check_classes(targets, self.nc)
         device, dtype = preds[0].device, loss_dtype(preds)
         zero = torch.zeros((), device=device, dtype=dtype)
         lbox, lobj, lcls = zero, zero, zero

@@ -354,3 +354,25 @@ def format_per_class_table(result: Mapping, names: Mapping[int, str] | None = No
             )
         )
     return "\n".join(lines)
+
+
+def mean_batch_loss(losses: list[tuple[int, int, int, torch.Tensor]]) -> torch.Tensor:
+    """YOLOv5's validation loss, the mean over batches of each batch's loss, from ``(batch, rank, images, loss)``.
+
+    Under DDP the ranks' k-th batches together are a 1-process run's k-th batch (BlockShardSampler); their losses
+    are averaged weighted by images, which approximates that batch's loss (box and class losses are means over
+    matched targets, so the split is not exact). With one rank this is YOLOv5's mean exactly."""
+    if not losses:
+        return torch.zeros(3)
+    groups: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
+    for batch, rank, images, loss in losses:
+        groups.setdefault(batch, []).append((rank, images, loss))
+    means = []
+    for batch in sorted(groups):
+        parts = sorted(groups[batch], key=lambda part: part[0])
+        if len(parts) == 1:
+            means.append(parts[0][2])
+            continue
+        total = sum(images for _, images, _ in parts)
+        means.append(sum(loss * images for _, images, loss in parts) / max(total, 1))
+    return (torch.stack(means).sum(0) / len(means)).float()

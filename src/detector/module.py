@@ -16,10 +16,11 @@ from detector.boxes import scale_boxes, xywh2xyxy
 from detector.data.multiscale import multi_scale
 from detector.ddp_buffers import broadcast_buffers
 from detector.loss import YoloLoss, scale_loss_gains
-from detector.metrics import DetectionEvaluator, fitness, format_per_class_table
+from detector.metrics import DetectionEvaluator, fitness, format_per_class_table, mean_batch_loss
 from detector.models import DetectionModel
 from detector.models.inference_copy import inference_copy
 from detector.nms import non_max_suppression
+from detector.nonfinite import NonFiniteBatches, zero_if
 from detector.optim import OptimizerChoice, auto_iterations, build_optimizer, resolve_optimizer, scaled_weight_decay
 from detector.run_config import ConfigError
 from detector.schedule import TrainingSchedule
@@ -81,7 +82,9 @@ class DetectorModule(L.LightningModule):
             nc, names=self.names, ap_method=self.val_cfg["ap_method"], coco=self.val_cfg["coco"] != "never"
         )
         self.last_opt_step = -1
-        self.bad_steps = 0  # consecutive batches whose loss was not finite
+        self.nonfinite = NonFiniteBatches(max_bad_steps)  # the batches whose loss was not finite
+        self._loss_sum_read: torch.Tensor | None = None  # the loss sum read with the last flag (the "loss" log)
+        self._stride_read: int | None = None  # the model's largest stride, read once
         self._choice: OptimizerChoice | None = None  # set by configure_optimizers (optimizer=auto resolves there)
         self._schedule: TrainingSchedule | None = None
         self._val_losses: list[tuple[int, int, int, torch.Tensor]] = []  # (batch, rank, images, box/obj/cls)
@@ -160,15 +163,19 @@ class DetectorModule(L.LightningModule):
         epoch's mean over every rank's batches, weighted by batch size, as Lightning's ``self.log(on_epoch=True,
         sync_dist=True)`` in every batch would give; that costs ~1 ms a batch for the three, this one tensor add a
         batch and one reduce an epoch. Logged here, not in on_train_epoch_end, which Lightning calls after the
-        callbacks' (results.csv reads them there)."""
-        if not self._epoch_ends_after(batch_idx) or self._train_sums is None:
+        callbacks' (results.csv reads them there). First the host reads the flags training_step deferred."""
+        if not self._epoch_ends_after(batch_idx):
+            return
+        self.nonfinite.read()  # the epoch's last deferred non-finite flags: warnings, max_bad_steps, finite batches
+        sums, good = self._train_sums, self.nonfinite.take_good_batches()
+        self._train_sums = None  # logged once an epoch
+        if sums is None or not good:  # no finite batch
             return
         # mean over ranks of the sums and of the image counts: sum / count over all ranks' batches
-        sums = self.trainer.strategy.reduce(self._train_sums.clone(), reduce_op="mean")
+        sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="mean")
         means = sums[:3] / sums[3]
         self.log_dict({f"train/{n}": v for n, v in zip(LOSS_NAMES, means, strict=True)}, on_step=False,
                       on_epoch=True, batch_size=1, sync_dist=True)  # fmt: skip
-        self._train_sums = None  # logged once an epoch
 
     def _epoch_ends_after(self, batch_idx: int) -> bool:
         """Whether Lightning ends the epoch after this batch: its last batch, max_steps, or a stop request once
@@ -182,7 +189,7 @@ class DetectorModule(L.LightningModule):
         )
         return bool(trainer.should_stop) and can_stop
 
-    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor | None:
         imgs, targets = batch[0], batch[1]
         imgs = self._pixels(imgs)
         ni = batch_idx + self.nb * self.current_epoch
@@ -190,15 +197,21 @@ class DetectorModule(L.LightningModule):
         values = self.schedule.apply(opt.param_groups, ni)
         if self.hparams.multi_scale:
             gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + ni)  # same sizes after a resume
-            imgs = multi_scale(imgs, self.hparams.imgsz, int(self.model.stride.max()), gen)
+            imgs = multi_scale(imgs, self.hparams.imgsz, self._max_stride(), gen)
         self.last_imgsz = int(imgs.shape[-1])  # after multi-scale: the progress bar's Size column
         step = self.schedule.steps_at(ni, self.last_opt_step)
+        write = self._step_values_written()
+        # The host reads the non-finite flag (a wait for the device) only where it decides: before an optimizer step,
+        # for the values written to the loggers, at the epoch's end. Elsewhere a bad batch is dropped on the device
+        # (_drop_if_bad) and its flag read with the next one.
+        read = step or write or batch_idx + 1 == self.nb
         # Under DDP, skip the gradient all-reduce on batches that only accumulate.
         no_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
         with contextlib.nullcontext() if step or no_sync is None else no_sync():
             preds = self.model(imgs)
             loss, items = self.loss_fn(preds, targets)
-            skip = self._not_finite(loss, batch_idx)
+            bad = self.nonfinite.flag(loss, self.trainer.strategy, self.trainer.world_size)
+            skip = read and self._not_finite(bad, batch_idx, items.sum() if write else None)
             if not skip:
                 self.manual_backward(loss * self.trainer.world_size)
         # Rank 0's BatchNorm statistics to every rank, after the backward (which checks that they are the ones its
@@ -207,24 +220,34 @@ class DetectorModule(L.LightningModule):
         if skip:
             opt.zero_grad()  # the batch and the accumulation window it was in are dropped
             return None
+        bs = imgs.shape[0]
+        # summed for the epoch mean over every rank's batches, logged in on_train_batch_end (YOLOv5 logs rank 0's alone)
+        weighted = torch.cat((items.detach() * bs, items.new_full((1,), bs)))
+        if not read:
+            items, weighted = self._drop_if_bad(bad, batch_idx, items, weighted)
         self.last_loss_items = items  # (box, obj, cls) of this batch, detached
         if step:
             opt.step()  # clipping happens in on_before_optimizer_step, after AMP has unscaled the gradients
             opt.zero_grad()
             self.last_opt_step = ni
-        bs = imgs.shape[0]
-        # summed for the epoch mean over every rank's batches, logged in on_train_batch_end (YOLOv5 logs rank 0's alone)
-        weighted = torch.cat((items.detach() * bs, items.new_full((1,), bs)))
         self._train_sums = weighted if self._train_sums is None else self._train_sums + weighted
-        self.log("loss", items.sum(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
-        if self._step_values_written():
+        # Host tensors for the loggers: Lightning would copy Python numbers to the device and read device tensors back.
+        if write:  # the loss sum was read with the flag; the progress bar shows the box/obj/cls means instead
+            self.log("loss", self._loss_sum_read, on_step=True, on_epoch=False, batch_size=bs)
             step_metrics = {f"lr/pg{j}": lr for j, lr in enumerate(values.lrs)}
-            self.log_dict({**step_metrics, "momentum": values.momentum, "accumulate": float(values.accumulate)},
-                          on_step=True, on_epoch=False, batch_size=1)  # fmt: skip
+            step_metrics |= {"momentum": values.momentum, "accumulate": float(values.accumulate)}
+            self.log_dict({k: host_scalar(v) for k, v in step_metrics.items()}, on_step=True, on_epoch=False,
+                          batch_size=1)  # fmt: skip
         if batch_idx + 1 == self.nb:  # YOLOv5's x/lr columns: each group's lr in the epoch's last batch
             for j, lr in enumerate(values.lrs):
-                self.log(f"x/lr{j}", lr, on_step=False, on_epoch=True, batch_size=1)
+                self.log(f"x/lr{j}", host_scalar(lr), on_step=False, on_epoch=True, batch_size=1)
         return loss.detach()
+
+    def _max_stride(self) -> int:
+        """The model's largest stride (multi-scale's size multiple), read from its device buffer once."""
+        if self._stride_read is None:
+            self._stride_read = int(self.model.stride.max())
+        return self._stride_read
 
     def _step_values_written(self) -> bool:
         """Whether Lightning writes this batch's on_step values to the loggers (every ``log_every_n_steps`` batches).
@@ -244,24 +267,26 @@ class DetectorModule(L.LightningModule):
             imgs = imgs.contiguous(memory_format=torch.channels_last)  # on the uint8 batch: a quarter of the bytes
         return (imgs.float() / 255).to(self.dtype)
 
-    def _not_finite(self, loss: torch.Tensor, batch_idx: int) -> bool:
-        """True when this batch's loss (on any rank) is not finite: the step is skipped with a warning, and after
-        ``max_bad_steps`` such batches in a row training stops with an error (last.ckpt keeps the last good epoch)."""
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        if self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce(bad, reduce_op="max")  # every rank skips together
-        if not bool(bad.item()):
-            self.bad_steps = 0
-            return False
-        self.bad_steps += 1
-        log.warning("epoch %d batch %d: loss is not finite, batch skipped (%d in a row)", self.current_epoch,
-                    batch_idx, self.bad_steps)  # fmt: skip
-        if self.bad_steps >= self.hparams.max_bad_steps:
-            raise FloatingPointError(
-                f"training stopped: the loss was not finite for {self.bad_steps} batches in a row (max_bad_steps); "
-                "weights/last.ckpt holds the last finished epoch. Lower hyp.lr0 or check the labels"
-            )
-        return True
+    def _not_finite(self, bad: torch.Tensor, batch_idx: int, loss_sum: torch.Tensor | None = None) -> bool:
+        """Whether this batch's flag ``bad`` says its loss is not finite (then it is skipped). The host's one wait for
+        the device: ``bad``, the flags deferred since the last read and ``loss_sum`` (kept on the CPU in
+        ``_loss_sum_read``) come in one copy."""
+        values = self.nonfinite.read(bad, *([] if loss_sum is None else [loss_sum]))
+        if loss_sum is not None:
+            self._loss_sum_read = torch.tensor(values[1], dtype=loss_sum.dtype)
+        return self.nonfinite.count(self.current_epoch, batch_idx, values[0] != 0)
+
+    def _drop_if_bad(
+        self, bad: torch.Tensor, batch_idx: int, items: torch.Tensor, weighted: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch trained without reading its flag ``bad``: if set, it is dropped on the device as the host would
+        skip it (the gradients of its accumulation window zeroed; its losses kept out of ``last_loss_items`` and the
+        epoch sums: ``items`` and ``weighted`` returned as they should be used), and reported at the next read."""
+        self.nonfinite.defer(self.current_epoch, batch_idx, bad)
+        zero_if(bad, [p.grad for p in self.parameters() if p.grad is not None])
+        dropped = bad.bool()
+        items = torch.where(dropped, self.last_loss_items.to(items), items)
+        return items, torch.where(dropped, 0.0, weighted)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after the AMP scaler's unscale_: clipping earlier would clip the scaled gradients.
@@ -356,6 +381,13 @@ class DetectorModule(L.LightningModule):
         return self.model(imgs)
 
 
+def host_scalar(value: float) -> torch.Tensor:
+    """``value`` as a CPU tensor for ``self.log``, in the dtype Lightning would use (the default, at least float32):
+    Lightning puts a Python number on the training device, and reading it back to write it makes the host wait."""
+    dtype = torch.get_default_dtype()
+    return torch.tensor(value, dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32)
+
+
 def frozen_layers(freeze: int | Sequence[int], n_layers: int) -> list[int]:
     """YOLOv5's ``--freeze``: N (or ``[N]``) is the first N layers, a longer list those layers."""
     layers = list(freeze) if isinstance(freeze, Sequence) else [int(freeze)]
@@ -363,25 +395,3 @@ def frozen_layers(freeze: int | Sequence[int], n_layers: int) -> list[int]:
     if any(not 0 <= i < n_layers for i in layers):
         raise ConfigError(f"freeze={freeze}: the model has layers 0-{n_layers - 1}")
     return layers
-
-
-def mean_batch_loss(losses: list[tuple[int, int, int, torch.Tensor]]) -> torch.Tensor:
-    """YOLOv5's validation loss, the mean over batches of each batch's loss, from ``(batch, rank, images, loss)``.
-
-    Under DDP the ranks' k-th batches together are a 1-process run's k-th batch (BlockShardSampler); their losses
-    are averaged weighted by images, which approximates that batch's loss (box and class losses are means over
-    matched targets, so the split is not exact). With one rank this is YOLOv5's mean exactly."""
-    if not losses:
-        return torch.zeros(3)
-    groups: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
-    for batch, rank, images, loss in losses:
-        groups.setdefault(batch, []).append((rank, images, loss))
-    means = []
-    for batch in sorted(groups):
-        parts = sorted(groups[batch], key=lambda part: part[0])
-        if len(parts) == 1:
-            means.append(parts[0][2])
-            continue
-        total = sum(images for _, images, _ in parts)
-        means.append(sum(loss * images for _, images, loss in parts) / max(total, 1))
-    return (torch.stack(means).sum(0) / len(means)).float()
