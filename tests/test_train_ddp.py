@@ -148,6 +148,7 @@ def test_a_one_task_slurm_job_starts_its_own_ranks_only_when_it_needs_them():
     assert not own_ranks_in_slurm_task({**ddp2, "num_nodes": 2}, one_task)  # other nodes need SLURM's tasks
 
 
+@pytest.mark.slow  # about 30 s; make test-all
 def test_a_rank_killed_ends_the_whole_run_at_once(tiny_data, tmp_path):
     """SIGKILL of one rank (an OOM kill, a lost node): the other ranks fail at their next collective, and the run
     ends with an error instead of waiting for ddp_timeout (3 h)."""
